@@ -1,0 +1,58 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::Layer;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 archived (or would be) / flowing, 1 held: a listed replica still needs the
+segment (PostgreSQL keeps it and retries), 2 error: nothing was archived, the message says why.
+
+In postgresql.conf:
+  archive_mode = on
+  archive_command = 'walguard --config /etc/walguard/walguard.toml archive %p %f'";
+
+/// WAL-aware archive_command: archive a WAL segment only once every listed replica has
+/// replayed past it, so a replica that was down can catch up by streaming.
+#[derive(Debug, Parser)]
+#[command(name = "walguard", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Config file (TOML) with the settings below; flags and WALGUARD_* variables override it
+    #[arg(long, global = true, env = "WALGUARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: Layer,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive one WAL file if every listed replica is past it (PostgreSQL's archive_command)
+    #[command(after_help = "\
+Example (postgresql.conf):
+  archive_command = 'walguard --config /etc/walguard/walguard.toml archive %p %f'
+
+Exit 0: the file is durably in the archive (copied now, or already there with identical
+bytes). Exit 1: held, PostgreSQL keeps it in pg_wal and retries. Exit 2: error.")]
+    Archive {
+        /// Path of the file to archive (%p: relative to the data directory)
+        wal_path: PathBuf,
+        /// Its file name (%f), e.g. 000000010000000000000003
+        wal_name: String,
+    },
+    /// Dry run: decide about one WAL file and explain why; copies and logs nothing
+    #[command(after_help = "\
+Example:
+  walguard --config /etc/walguard/walguard.toml check 000000010000000000000003
+
+Exit 0: it would be archived now. Exit 1: it would be held. Exit 2: error.")]
+    Check {
+        /// WAL file name, e.g. 000000010000000000000003
+        wal_name: String,
+    },
+}

@@ -1,0 +1,231 @@
+//! The replicas list (`slaves.list`): one replica per line, each an IP address, a host
+//! name, or `app:NAME` (an `application_name`).
+
+use std::fmt;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::Path;
+
+use thiserror::Error;
+
+/// How one list line identifies a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// Matches `pg_stat_replication.client_addr`.
+    Addr(IpAddr),
+    /// With `resolve = true`, matches any of `addrs`; with `resolve = false` (`addrs` is
+    /// `None`), matches `client_hostname` (which the server fills only with `log_hostname`).
+    Host {
+        name: String,
+        addrs: Option<Vec<IpAddr>>,
+    },
+    /// Matches `application_name`.
+    App(String),
+}
+
+/// One line of the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub line: usize,
+    pub selector: Selector,
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.selector {
+            Selector::Addr(addr) => write!(f, "{addr}"),
+            Selector::Host { name, .. } => write!(f, "{name}"),
+            Selector::App(name) => write!(f, "app:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ListError {
+    #[error("cannot read the replicas list {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {problem}")]
+    Line {
+        file: String,
+        line: usize,
+        problem: String,
+    },
+}
+
+/// Host names as RFC 1123 allows them (letters, digits, `-`, dots), plus `_` which
+/// /etc/hosts files use in practice.
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Parses the list text without touching the network: host names come back unresolved.
+/// `file` only names the source in error messages.
+pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, ListError> {
+    let mut entries = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let fail = |problem: String| ListError::Line {
+            file: file.to_string(),
+            line,
+            problem,
+        };
+        if content.split_whitespace().nth(1).is_some() {
+            return Err(fail(format!(
+                "{content:?} has more than one word: put one replica per line"
+            )));
+        }
+        let selector = if let Some(app) = content.strip_prefix("app:") {
+            if app.is_empty() || !app.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(fail(format!(
+                    "{content:?}: app: needs the replica's application_name, like app:standby1"
+                )));
+            }
+            Selector::App(app.to_string())
+        } else if let Ok(addr) = content.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Selector::Addr(addr.to_canonical())
+        } else if is_host_name(content) && !content.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            Selector::Host {
+                name: content.to_ascii_lowercase(),
+                addrs: None,
+            }
+        } else {
+            return Err(fail(format!(
+                "{content:?} is not an IP address, a host name or app:NAME"
+            )));
+        };
+        entries.push(Entry { line, selector });
+    }
+    Ok(entries)
+}
+
+/// Looks every host name up (DNS, /etc/hosts). Only called with `resolve = true`, and only
+/// costs anything when the list has host names.
+pub fn resolve(entries: &mut [Entry], file: &str) -> Result<(), ListError> {
+    for entry in entries.iter_mut() {
+        if let Selector::Host { name, addrs } = &mut entry.selector {
+            let found = (name.as_str(), 0)
+                .to_socket_addrs()
+                .map_err(|e| ListError::Line {
+                    file: file.to_string(),
+                    line: entry.line,
+                    problem: format!(
+                        "host name {name:?} does not resolve ({e}): fix the name, add it to /etc/hosts, or use its IP address"
+                    ),
+                })?;
+            let mut list: Vec<IpAddr> = found.map(|sa| sa.ip().to_canonical()).collect();
+            list.sort();
+            list.dedup();
+            *addrs = Some(list);
+        }
+    }
+    Ok(())
+}
+
+/// Reads, parses and (when asked) resolves the list file.
+pub fn load(path: &Path, resolve_names: bool) -> Result<Vec<Entry>, ListError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ListError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let mut entries = parse(&text, &file)?;
+    if resolve_names {
+        resolve(&mut entries, &file)?;
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn forms_and_comments() {
+        let text = "# slaves.list\n\n10.0.0.12   # primary's neighbour\n::1\n[fe80::1]\n::ffff:10.0.0.9\nReplica-B.internal\napp:standby3\n   \t\n10.0.0.12\n";
+        let got = parse(text, "slaves.list").unwrap();
+        let sel: Vec<_> = got.iter().map(|e| (e.line, e.selector.clone())).collect();
+        assert_eq!(
+            sel,
+            vec![
+                (3, Selector::Addr("10.0.0.12".parse().unwrap())),
+                (4, Selector::Addr("::1".parse().unwrap())),
+                (5, Selector::Addr("fe80::1".parse().unwrap())),
+                (6, Selector::Addr("10.0.0.9".parse().unwrap())),
+                (
+                    7,
+                    Selector::Host {
+                        name: "replica-b.internal".into(),
+                        addrs: None
+                    }
+                ),
+                (8, Selector::App("standby3".into())),
+                (10, Selector::Addr("10.0.0.12".parse().unwrap())),
+            ]
+        );
+        assert_eq!(got[5].to_string(), "app:standby3");
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let cases = [
+            ("10.0.0.1 10.0.0.2", 1),
+            ("ok.host\napp:", 2),
+            ("\n\n10.0.0.300", 3),
+            ("a..b", 1),
+            ("host/name", 1),
+            ("-bad.example", 1),
+            ("app:two words", 1),
+            ("1.2.3", 1),
+        ];
+        for (text, line) in cases {
+            let err = parse(text, "/etc/walguard/slaves.list").unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("/etc/walguard/slaves.list:{line}: ")),
+                "{text:?} -> {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn resolves_localhost_and_reports_unknown_names() {
+        let mut ok = parse("localhost", "l").unwrap();
+        resolve(&mut ok, "l").unwrap();
+        match &ok[0].selector {
+            Selector::Host { addrs: Some(a), .. } => {
+                assert!(a.iter().any(|ip| ip.is_loopback()), "{a:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut bad = parse("\nno-such-host.invalid", "l").unwrap();
+        let err = resolve(&mut bad, "l").unwrap_err().to_string();
+        assert!(err.starts_with("l:2: host name \"no-such-host.invalid\" does not resolve"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(&text, "f");
+        }
+
+        #[test]
+        fn every_address_round_trips(addr: IpAddr, comment in "[ -~]{0,20}") {
+            let text = format!("{addr} #{comment}\n");
+            let got = parse(&text, "f").unwrap();
+            prop_assert_eq!(&got[0].selector, &Selector::Addr(addr.to_canonical()));
+        }
+    }
+}
