@@ -12,7 +12,8 @@ segment (PostgreSQL keeps it and retries), 2 error: nothing was archived, the me
 
 In postgresql.conf:
   archive_mode = on
-  archive_command = 'walguard --config /etc/walguard/walguard.toml archive %p %f'";
+  archive_command = 'walguard --config /etc/walguard/walguard.toml archive %p %f'
+";
 
 /// WAL-aware archive_command: archive a WAL segment only once every listed replica has
 /// replayed past it, so a replica that was down can catch up by streaming.

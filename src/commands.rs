@@ -28,9 +28,31 @@ pub enum Exit {
     Error = 2,
 }
 
-/// The first line of every message; the rest is the error chain, outermost first.
+/// The whole error chain on one line, outermost first, skipping a cause whose text its
+/// parent already printed (the postgres crate repeats its cause in its own message).
 pub fn describe_error(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Adds "what to do" after an error's "what failed: why".
+trait Hint<T> {
+    fn hint(self, what_to_do: &str) -> Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> Hint<T> for std::result::Result<T, E> {
+    fn hint(self, what_to_do: &str) -> Result<T> {
+        self.map_err(|e| anyhow!("{}; {what_to_do}", describe_error(&e.into())))
+    }
 }
 
 /// One invocation's context for its decision-log lines.
@@ -98,16 +120,16 @@ fn verdict_fields(v: &Verdict) -> Vec<(&'static str, String)> {
 
 fn parse_name(name: &str) -> Result<WalFile> {
     name.parse::<WalFile>()
-        .context("bad WAL file name; archive_command must pass %f as the name")
+        .hint("archive_command must pass %f as the name")
 }
 
 /// Reads the list and asks the server; only needed for segments.
 fn observe(settings: &Settings) -> Result<(Vec<replicas::Entry>, Observation)> {
-    let list = replicas::load(&settings.replicas, settings.resolve).context("the replicas list is unusable")?;
+    let list = replicas::load(&settings.replicas, settings.resolve).hint("fix the replicas list")?;
     let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)?;
-    let obs = observation::observe(&target).context(
-        "cannot observe the replicas, so the segment stays in pg_wal; \
-         check conninfo (or PGHOST/PGPORT/PGUSER) and that the server accepts walguard's connection",
+    let obs = observation::observe(&target).hint(
+        "the segment stays in pg_wal; check conninfo (or PGHOST, PGPORT, PGUSER), \
+         that the server is up, and that pg_hba.conf lets walguard in",
     )?;
     Ok((list, obs))
 }
@@ -138,7 +160,8 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
         .as_deref()
         .ok_or_else(|| anyhow!("no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR"))?;
     let meta = std::fs::metadata(wal_path)
-        .with_context(|| format!("cannot read WAL_PATH {}: archive_command must pass %p", wal_path.display()))?;
+        .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
+        .hint("archive_command must pass %p, relative to the data directory")?;
     let (verdict, _) = decide(settings, wal, Some(meta.len()))?;
     let mut fields = verdict_fields(&verdict);
     if !verdict.archive {
@@ -146,7 +169,7 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
         return Ok(Exit::Held);
     }
     let stored = archive_copy::store(wal_path, archive_dir, &run.wal, settings.timeout)
-        .context("the copy into the archive failed; nothing was archived")?;
+        .hint("nothing was archived; PostgreSQL will retry")?;
     let (decision, bytes) = match stored {
         Stored::Copied { bytes } => ("archived", bytes),
         Stored::Exists { bytes } => ("exists", bytes),

@@ -1,0 +1,431 @@
+//! A throwaway PostgreSQL primary with streaming replicas, walguard as its
+//! archive_command. Shared by the integration tests and `examples/demo.rs`.
+//!
+//! Everything lives in one short temporary directory (Unix socket paths must stay under
+//! ~100 bytes); every server is stopped and the directory removed on drop. When the
+//! process runs as root, the servers run as the OS user `postgres` (initdb refuses root).
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where PostgreSQL's server programs are: `$WALGUARD_PG_BINDIR`, `pg_config --bindir`,
+/// `initdb` on `PATH`, or the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bindir() -> Option<PathBuf> {
+    let has_initdb = |d: &Path| d.join("initdb").is_file();
+    if let Some(dir) = std::env::var_os("WALGUARD_PG_BINDIR").map(PathBuf::from) {
+        return has_initdb(&dir).then_some(dir);
+    }
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    let mut debian: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    debian.sort_by_key(|p| {
+        let version = p.parent().and_then(|v| v.file_name()).and_then(OsStr::to_str).and_then(|v| v.parse::<u32>().ok());
+        std::cmp::Reverse(version)
+    });
+    from_pg_config.into_iter().chain(on_path).chain(debian).find(|d| has_initdb(d))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Polls `probe` every 100 ms until it yields, or fails after `limit` naming `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe()? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Options {
+    pub replicas: usize,
+    /// initdb --wal-segsize, in MiB.
+    pub segment_mib: u32,
+    /// Extra lines for walguard.toml.
+    pub extra_config: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            replicas: 2,
+            segment_mib: 16,
+            extra_config: String::new(),
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub data: PathBuf,
+    pub port: u16,
+}
+
+pub struct Cluster {
+    pub base: PathBuf,
+    bindir: PathBuf,
+    pub walguard: PathBuf,
+    pub config: PathBuf,
+    pub list: PathBuf,
+    pub archive: PathBuf,
+    pub log: PathBuf,
+    pub primary: Node,
+    pub replicas: Vec<Node>,
+    run_as: Option<&'static str>,
+}
+
+impl Cluster {
+    /// initdb, start the primary with walguard as archive_command, base-backup and start
+    /// the replicas (application_name r1, r2, ...), wait until all stream. The list names
+    /// every replica by application name.
+    pub fn start(walguard_exe: &Path, opts: Options) -> Result<Cluster> {
+        let bindir = find_bindir().context(
+            "PostgreSQL's server programs (initdb, pg_ctl) were not found: install the Debian package postgresql-15 \
+             (apt-get install postgresql-15) or set WALGUARD_PG_BINDIR",
+        )?;
+        let base = make_base_dir()?;
+        let run_as = is_root().then_some("postgres");
+        let walguard = base.join("walguard");
+        fs::copy(walguard_exe, &walguard).context("copying walguard into the cluster directory")?;
+        fs::set_permissions(&walguard, fs::Permissions::from_mode(0o755))?;
+        let mut cluster = Cluster {
+            config: base.join("walguard.toml"),
+            list: base.join("slaves.list"),
+            archive: base.join("archive"),
+            log: base.join("watchdog.log"),
+            primary: Node {
+                name: "primary".into(),
+                data: base.join("p"),
+                port: free_port()?,
+            },
+            replicas: Vec::new(),
+            base,
+            bindir,
+            walguard,
+            run_as,
+        };
+        cluster.chown(&cluster.base)?;
+        fs::create_dir(&cluster.archive)?;
+        cluster.chown(&cluster.archive)?;
+        let list: String = (1..=opts.replicas).map(|i| format!("app:r{i}\n")).collect();
+        cluster.write_list(&list)?;
+        fs::write(
+            &cluster.config,
+            format!(
+                "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"{}\"\ntimeout = \"10s\"\n{}",
+                cluster.archive.display(),
+                cluster.list.display(),
+                cluster.log.display(),
+                cluster.conninfo(),
+                opts.extra_config
+            ),
+        )?;
+
+        let data = cluster.primary.data.clone();
+        cluster.pg(
+            "initdb",
+            &[
+                &"-D",
+                &data,
+                &"-A",
+                &"trust",
+                &"-U",
+                &"postgres",
+                &"-N",
+                &format!("--wal-segsize={}", opts.segment_mib),
+            ],
+        )?;
+        let mut conf = cluster.server_conf(cluster.primary.port);
+        let _ = write!(
+            conf,
+            "archive_mode = on\narchive_command = '{} --config {} archive %p %f'\n",
+            cluster.walguard.display(),
+            cluster.config.display()
+        );
+        append(&data.join("postgresql.conf"), &conf)?;
+        cluster.pg_ctl(&cluster.primary, "start")?;
+        for i in 1..=opts.replicas {
+            cluster.add_replica(&format!("r{i}"))?;
+        }
+        cluster.wait_streaming(opts.replicas)?;
+        Ok(cluster)
+    }
+
+    fn server_conf(&self, port: u16) -> String {
+        format!(
+            "\n# walguard test harness\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             wal_level = replica\nmax_wal_senders = 40\nwal_keep_size = 0\nwal_receiver_status_interval = 1s\n\
+             wal_retrieve_retry_interval = 1s\ncheckpoint_timeout = 1h\nfsync = off\nshared_buffers = 16MB\n",
+            self.base.display()
+        )
+    }
+
+    /// `host=... port=... user=postgres dbname=postgres` of the primary (Unix socket).
+    pub fn conninfo(&self) -> String {
+        format!("host={} port={} user=postgres dbname=postgres", self.base.display(), self.primary.port)
+    }
+
+    fn chown(&self, path: &Path) -> Result<()> {
+        if let Some(user) = self.run_as {
+            let status = Command::new("chown").arg("-R").arg(user).arg(path).status()?;
+            if !status.success() {
+                bail!("chown {user} {} failed", path.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a PostgreSQL program as the cluster's OS user.
+    fn pg(&self, program: &str, args: &[&dyn AsRef<OsStr>]) -> Result<Output> {
+        let exe = self.bindir.join(program);
+        let mut cmd = match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let out = cmd
+            .args(args.iter().map(|a| a.as_ref()))
+            .current_dir(&self.base)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    fn pg_ctl(&self, node: &Node, action: &str) -> Result<()> {
+        let log = self.base.join(format!("{}.log", node.name));
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"-D", &node.data, &"-l", &log, &"-w"];
+        if action == "stop" {
+            args.extend([&"-m" as &dyn AsRef<OsStr>, &"fast"]);
+        }
+        args.push(&action);
+        self.pg("pg_ctl", &args).map(drop)
+    }
+
+    /// Base-backs up the primary into a new replica called `name` and starts it.
+    pub fn add_replica(&mut self, name: &str) -> Result<()> {
+        let node = Node {
+            name: name.to_string(),
+            data: self.base.join(name),
+            port: free_port()?,
+        };
+        let port = self.primary.port.to_string();
+        self.pg(
+            "pg_basebackup",
+            &[
+                &"-D",
+                &node.data,
+                &"-h",
+                &self.base,
+                &"-p",
+                &port,
+                &"-U",
+                &"postgres",
+                &"-X",
+                &"stream",
+                &"-c",
+                &"fast",
+                &"-N",
+            ],
+        )?;
+        let mut conf = self.server_conf(node.port);
+        // TCP, so that pg_stat_replication shows client_addr 127.0.0.1.
+        let _ = write!(
+            conf,
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\n",
+            self.primary.port
+        );
+        append(&node.data.join("postgresql.conf"), &conf)?;
+        fs::write(node.data.join("standby.signal"), "")?;
+        self.chown(&node.data)?;
+        self.pg_ctl(&node, "start")?;
+        self.replicas.push(node);
+        Ok(())
+    }
+
+    pub fn replica(&self, name: &str) -> &Node {
+        self.replicas.iter().find(|n| n.name == name).expect("no such replica")
+    }
+
+    pub fn stop(&self, node: &Node) -> Result<()> {
+        self.pg_ctl(node, "stop")
+    }
+
+    pub fn start_node(&self, node: &Node) -> Result<()> {
+        self.pg_ctl(node, "start")
+    }
+
+    pub fn write_list(&self, text: &str) -> Result<()> {
+        fs::write(&self.list, text).context("writing slaves.list")
+    }
+
+    pub fn connect(&self, node: &Node) -> Result<postgres::Client> {
+        let info = format!("host={} port={} user=postgres dbname=postgres", self.base.display(), node.port);
+        postgres::Client::connect(&info, postgres::NoTls).with_context(|| format!("connecting to {}", node.name))
+    }
+
+    /// Runs `sql` on the primary and returns the first column of the first row as text.
+    pub fn query(&self, sql: &str) -> Result<Option<String>> {
+        let mut client = self.connect(&self.primary)?;
+        let rows = client.simple_query(sql)?;
+        Ok(rows.iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        }).flatten())
+    }
+
+    /// Writes a little, then finishes the current segment; returns the finished segment's name.
+    pub fn switch_wal(&self) -> Result<String> {
+        self.query("CREATE TABLE IF NOT EXISTS walguard_test (x int); INSERT INTO walguard_test VALUES (1)")?;
+        self.query("SELECT pg_walfile_name(pg_switch_wal())")?.context("pg_switch_wal returned nothing")
+    }
+
+    /// Waits until `n` walsenders named r1.. stream with a reported replay position.
+    pub fn wait_streaming(&self, n: usize) -> Result<()> {
+        wait_for(&format!("{n} replicas streaming"), Duration::from_secs(60), || {
+            let count = self.query(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND replay_lsn IS NOT NULL AND application_name ~ '^r[0-9]+$'",
+            )?;
+            Ok((count.as_deref() == Some(&n.to_string())).then_some(()))
+        })
+    }
+
+    /// Waits until every replica has replayed everything the primary has written.
+    pub fn wait_caught_up(&self, names: &[&str]) -> Result<()> {
+        let target = self.query("SELECT pg_current_wal_lsn()")?.context("no current LSN")?;
+        let names = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(",");
+        wait_for("replicas to catch up", Duration::from_secs(60), || {
+            let behind = self.query(&format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name IN ({names}) AND replay_lsn >= '{target}'"
+            ))?;
+            Ok((behind.as_deref() == Some(&names.split(',').count().to_string())).then_some(()))
+        })
+    }
+
+    /// Waits until `name` is in the archive and the archiver has reported it.
+    pub fn wait_archived(&self, name: &str, limit: Duration) -> Result<()> {
+        wait_for(&format!("{name} to be archived"), limit, || {
+            let last = self.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
+            Ok((last.is_some_and(|l| l.as_str() >= name) && self.archive.join(name).exists()).then_some(()))
+        })
+    }
+
+    /// Segment names in the archive, sorted.
+    pub fn archived(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = fs::read_dir(&self.archive)?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.len() == 24)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The `.ready` files waiting in the primary's pg_wal/archive_status.
+    pub fn ready(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = fs::read_dir(self.primary.data.join("pg_wal/archive_status"))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".ready").map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Runs walguard with this cluster's config (as the current user).
+    pub fn walguard(&self, args: &[&str]) -> Output {
+        Command::new(&self.walguard)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.primary.data)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running walguard")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn server_log(&self, node: &Node) -> String {
+        fs::read_to_string(self.base.join(format!("{}.log", node.name))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.replicas.iter().chain(std::iter::once(&self.primary)) {
+            let _ = self.pg(
+                "pg_ctl",
+                &[&"-D", &node.data, &"-m", &"immediate", &"stop"],
+            );
+        }
+        if std::env::var_os("WALGUARD_KEEP_CLUSTER").is_none() {
+            let _ = fs::remove_dir_all(&self.base);
+        }
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// A new directory `/tmp/wgXXXXXX`, short enough for socket paths, world-traversable so
+/// the servers' user can reach it.
+fn make_base_dir() -> Result<PathBuf> {
+    let mut template = *b"/tmp/wgXXXXXX\0";
+    // SAFETY: template is a writable NUL-terminated buffer ending in XXXXXX.
+    let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+    if p.is_null() {
+        bail!("mkdtemp: {}", std::io::Error::last_os_error());
+    }
+    let path = PathBuf::from(std::str::from_utf8(&template[..template.len() - 1])?);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
