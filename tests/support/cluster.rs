@@ -14,6 +14,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -55,10 +56,17 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Set by a Ctrl-C handler (the demo's): every wait then fails, so the caller unwinds
+/// and the cluster's drop stops the servers and removes the directory.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 /// Polls `probe` every 100 ms until it yields, or fails after `limit` naming `what`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let start = Instant::now();
     loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted while waiting for {what}");
+        }
         if let Some(v) = probe()? {
             return Ok(v);
         }
@@ -95,7 +103,7 @@ pub struct Node {
 
 pub struct Cluster {
     pub base: PathBuf,
-    bindir: PathBuf,
+    pub bindir: PathBuf,
     pub walguard: PathBuf,
     pub config: PathBuf,
     pub list: PathBuf,
