@@ -40,13 +40,23 @@ fn log_tail(c: &Cluster, n: usize) -> String {
 fn walguard_shown(c: &Cluster, args: &[&str]) -> i32 {
     let out = c.walguard(args);
     let code = out.status.code().unwrap_or(-1);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    show(&format!("$ walguard {}   (exit {code})", args.join(" ")), &text);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    show(
+        &format!("$ walguard {}   (exit {code})", args.join(" ")),
+        &text,
+    );
     code
 }
 
 fn demo(exe: &std::path::Path) -> Result<()> {
-    step(1, "a primary with two streaming replicas, walguard as archive_command");
+    step(
+        1,
+        "a primary with two streaming replicas, walguard as archive_command",
+    );
     let c = Cluster::start(exe, Options::default())?;
     println!(
         "PostgreSQL from {}; everything lives in {}",
@@ -60,8 +70,14 @@ fn demo(exe: &std::path::Path) -> Result<()> {
             c.config.display()
         ),
     );
-    show(&format!("{}", c.config.display()), &std::fs::read_to_string(&c.config)?);
-    show(&format!("{}", c.list.display()), &std::fs::read_to_string(&c.list)?);
+    show(
+        &format!("{}", c.config.display()),
+        &std::fs::read_to_string(&c.config)?,
+    );
+    show(
+        &format!("{}", c.list.display()),
+        &std::fs::read_to_string(&c.list)?,
+    );
 
     step(2, "healthy: every finished segment is archived");
     let mut last = String::new();
@@ -72,14 +88,19 @@ fn demo(exe: &std::path::Path) -> Result<()> {
     show("archive", &c.archived()?.join("\n"));
     show("watchdog.log (last lines)", &log_tail(&c, 2));
 
-    step(3, "replica r2 stops; walguard holds the segments it has not replayed");
+    step(
+        3,
+        "replica r2 stops; walguard holds the segments it has not replayed",
+    );
     let r2 = c.replica("r2");
     c.stop(r2)?;
     println!("stopped r2 (pg_ctl stop -m fast)");
     let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
     println!("the primary finished segments {}", held.join(", "));
     let needle = format!("wal={} decision=held", held[0]);
-    wait_for("the first hold", WAIT, || Ok(c.log_text().contains(&needle).then_some(())))?;
+    wait_for("the first hold", WAIT, || {
+        Ok(c.log_text().contains(&needle).then_some(()))
+    })?;
     show("watchdog.log (last lines)", &log_tail(&c, 2));
     walguard_shown(&c, &["check", &held[0]]);
     c.query("CHECKPOINT")?;
@@ -87,9 +108,15 @@ fn demo(exe: &std::path::Path) -> Result<()> {
         "after a CHECKPOINT, still waiting in pg_wal/archive_status (.ready)",
         &c.ready()?.join("\n"),
     );
-    show("archive (nothing past r2's position)", &c.archived()?.join("\n"));
+    show(
+        "archive (nothing past r2's position)",
+        &c.archived()?.join("\n"),
+    );
 
-    step(4, "r2 comes back and catches up by streaming (it has no restore_command)");
+    step(
+        4,
+        "r2 comes back and catches up by streaming (it has no restore_command)",
+    );
     c.start_node(r2)?;
     c.wait_streaming(2)?;
     let after = c.switch_wal()?;
@@ -100,11 +127,17 @@ fn demo(exe: &std::path::Path) -> Result<()> {
 
     step(5, "the archive is complete, with no gap");
     let archived = c.archived()?;
-    let numbers: Vec<u64> = archived.iter().map(|n| u64::from_str_radix(&n[8..], 16)).collect::<Result<_, _>>()?;
+    let numbers: Vec<u64> = archived
+        .iter()
+        .map(|n| u64::from_str_radix(&n[8..], 16))
+        .collect::<Result<_, _>>()?;
     let contiguous = numbers.windows(2).all(|w| w[1] == w[0] + 1);
     show("archive", &archived.join("\n"));
     anyhow::ensure!(contiguous, "the archive has a gap: {archived:?}");
-    anyhow::ensure!(held.iter().all(|h| archived.contains(h)), "a held segment is missing");
+    anyhow::ensure!(
+        held.iter().all(|h| archived.contains(h)),
+        "a held segment is missing"
+    );
     println!(
         "{} segments, {} to {}, none missing; {} still .ready",
         archived.len(),
@@ -112,7 +145,10 @@ fn demo(exe: &std::path::Path) -> Result<()> {
         archived.last().context("empty archive")?,
         c.ready()?.len()
     );
-    println!("\n=== Cleaning up: stopping the servers and removing {}", c.base.display());
+    println!(
+        "\n=== Cleaning up: stopping the servers and removing {}",
+        c.base.display()
+    );
     Ok(())
 }
 
@@ -122,7 +158,10 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let exe = std::env::current_exe().expect("the demo's own path");
-    if std::env::args_os().next().is_some_and(|a| a.to_string_lossy().ends_with("walguard")) {
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| a.to_string_lossy().ends_with("walguard"))
+    {
         return walguard::main();
     }
     if find_bindir().is_none() {
@@ -135,8 +174,14 @@ fn main() -> ExitCode {
     }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
     }
     match demo(&exe) {
         Ok(()) => {

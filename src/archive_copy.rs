@@ -98,12 +98,16 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 fn existing(src: &Path, dest: &Path) -> Result<Stored, CopyError> {
     let meta = fs::symlink_metadata(dest).map_err(io_err("cannot stat", dest))?;
     if !meta.file_type().is_file() {
-        return Err(CopyError::NotRegular { dest: dest.to_path_buf() });
+        return Err(CopyError::NotRegular {
+            dest: dest.to_path_buf(),
+        });
     }
     if same_content(src, dest)? {
         Ok(Stored::Exists { bytes: meta.len() })
     } else {
-        Err(CopyError::Conflict { dest: dest.to_path_buf() })
+        Err(CopyError::Conflict {
+            dest: dest.to_path_buf(),
+        })
     }
 }
 
@@ -116,7 +120,9 @@ fn process_alive(pid: i32) -> bool {
 /// Removes temporary files left by runs that died (kill -9, power loss): their writer is
 /// gone, or they are older than `stale_after` (no live run lasts longer than its timeout).
 fn clean_stale(tmp_dir: &Path, stale_after: Duration) {
-    let Ok(entries) = fs::read_dir(tmp_dir) else { return };
+    let Ok(entries) = fs::read_dir(tmp_dir) else {
+        return;
+    };
     let now = SystemTime::now();
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -145,7 +151,12 @@ fn sync_dir(dir: &Path) -> Result<(), CopyError> {
 
 /// Copies `src` to `dir/name` durably, never replacing an existing file.
 /// `name` must already be a validated WAL file name (no `/`, no `..`).
-pub fn store(src: &Path, dir: &Path, name: &str, stale_after: Duration) -> Result<Stored, CopyError> {
+pub fn store(
+    src: &Path,
+    dir: &Path,
+    name: &str,
+    stale_after: Duration,
+) -> Result<Stored, CopyError> {
     let dest = dir.join(name);
     if fs::symlink_metadata(&dest).is_ok() {
         return existing(src, &dest);
@@ -212,13 +223,22 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         fs::write(&src, &data).unwrap();
         let archive = d.0.join("archive");
-        assert_eq!(store(&src, &archive, NAME, STALE).unwrap(), Stored::Copied { bytes: 3_000_000 });
+        assert_eq!(
+            store(&src, &archive, NAME, STALE).unwrap(),
+            Stored::Copied { bytes: 3_000_000 }
+        );
         let dest = archive.join(NAME);
         assert_eq!(fs::read(&dest).unwrap(), data);
-        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read_dir(archive.join(TMP_DIR)).unwrap().count(), 0);
 
-        assert_eq!(store(&src, &archive, NAME, STALE).unwrap(), Stored::Exists { bytes: 3_000_000 });
+        assert_eq!(
+            store(&src, &archive, NAME, STALE).unwrap(),
+            Stored::Exists { bytes: 3_000_000 }
+        );
 
         let mut other = data.clone();
         other[2_999_999] ^= 1;
@@ -257,7 +277,10 @@ mod tests {
         assert!(live.exists());
         assert!(!dead.exists());
         store(&src, &archive, "000000010000000000000003", Duration::ZERO).unwrap();
-        assert!(!live.exists(), "older than the limit: stale whoever wrote it");
+        assert!(
+            !live.exists(),
+            "older than the limit: stale whoever wrote it"
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ impl Run {
         };
         std::thread::spawn(move || {
             std::thread::sleep(timeout);
-            let reason = format!("timed out after {}; nothing was archived", humantime::format_duration(timeout));
+            let reason = format!(
+                "timed out after {}; nothing was archived",
+                humantime::format_duration(timeout)
+            );
             run.write(Level::Error, "error", vec![("reason", reason.clone())]);
             eprintln!("walguard: error: {reason}");
             std::process::exit(Exit::Error as i32);
@@ -125,7 +128,8 @@ fn parse_name(name: &str) -> Result<WalFile> {
 
 /// Reads the list and asks the server; only needed for segments.
 fn observe(settings: &Settings) -> Result<(Vec<replicas::Entry>, Observation)> {
-    let list = replicas::load(&settings.replicas, settings.resolve).hint("fix the replicas list")?;
+    let list =
+        replicas::load(&settings.replicas, settings.resolve).hint("fix the replicas list")?;
     let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)?;
     let obs = observation::observe(&target).hint(
         "the segment stays in pg_wal; check conninfo (or PGHOST, PGPORT, PGUSER), \
@@ -136,7 +140,11 @@ fn observe(settings: &Settings) -> Result<(Vec<replicas::Entry>, Observation)> {
 
 /// The decision for `wal`, observing the server only when the file is a segment.
 /// `size_of` is the file's size when known, cross-checked against the server's.
-fn decide(settings: &Settings, wal: &WalFile, size_of: Option<u64>) -> Result<(Verdict, Option<Observation>)> {
+fn decide(
+    settings: &Settings,
+    wal: &WalFile,
+    size_of: Option<u64>,
+) -> Result<(Verdict, Option<Observation>)> {
     if !matches!(wal, WalFile::Segment(_)) {
         return Ok((decision::decide(wal, None, &[], &settings.policy), None));
     }
@@ -180,12 +188,21 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
 }
 
 fn pad(out: &mut String, cells: &[&str], widths: &[usize]) {
-    let line: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+    let line: Vec<String> = cells
+        .iter()
+        .zip(widths)
+        .map(|(c, w)| format!("{c:<w$}"))
+        .collect();
     let _ = writeln!(out, "  {}", line.join("  ").trim_end());
 }
 
 /// The `check` report: what a person needs to see to trust (or fix) the verdict.
-fn explain(wal: &WalFile, verdict: &Verdict, obs: Option<&Observation>, settings: &Settings) -> String {
+fn explain(
+    wal: &WalFile,
+    verdict: &Verdict,
+    obs: Option<&Observation>,
+    settings: &Settings,
+) -> String {
     let mut out = String::new();
     let Some(obs) = obs else {
         let _ = writeln!(out, "{wal}: {} file", wal.kind());
@@ -209,7 +226,15 @@ fn explain(wal: &WalFile, verdict: &Verdict, obs: Option<&Observation>, settings
         );
     }
     out.push('\n');
-    let header = ["REPLICA", "WALSENDER", "STATE", "SENT", "FLUSH", "REPLAY", ""];
+    let header = [
+        "REPLICA",
+        "WALSENDER",
+        "STATE",
+        "SENT",
+        "FLUSH",
+        "REPLAY",
+        "",
+    ];
     let mut rows: Vec<[String; 7]> = Vec::new();
     let show = |l: Option<crate::wal::Lsn>| l.map_or("-".to_string(), |l| l.to_string());
     let row = |label: String, w: usize, mark: &str| {
@@ -226,13 +251,25 @@ fn explain(wal: &WalFile, verdict: &Verdict, obs: Option<&Observation>, settings
     };
     for m in &verdict.matches {
         rows.push(match m.walsender {
-            None => [m.entry.to_string(), "not connected".into(), String::new(), String::new(), String::new(), String::new(), "NEEDS IT".into()],
+            None => [
+                m.entry.to_string(),
+                "not connected".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "NEEDS IT".into(),
+            ],
             Some(w) => {
                 let past = match (position.of(&obs.walsenders[w]), verdict.need) {
                     (Some(at), Some(need)) => at >= need,
                     _ => false,
                 };
-                row(m.entry.to_string(), w, if past { "past" } else { "NEEDS IT" })
+                row(
+                    m.entry.to_string(),
+                    w,
+                    if past { "past" } else { "NEEDS IT" },
+                )
             }
         });
     }
@@ -274,7 +311,11 @@ fn check(settings: &Settings, wal: &WalFile) -> Result<Exit> {
     let size = std::fs::metadata(&in_pg_wal).ok().map(|m| m.len());
     let (verdict, obs) = decide(settings, wal, size)?;
     print!("{}", explain(wal, &verdict, obs.as_ref(), settings));
-    Ok(if verdict.archive { Exit::Ok } else { Exit::Held })
+    Ok(if verdict.archive {
+        Exit::Ok
+    } else {
+        Exit::Held
+    })
 }
 
 /// Runs the parsed command line; every failure becomes exit 2 with a message on stderr

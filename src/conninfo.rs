@@ -44,13 +44,21 @@ impl Env for ProcessEnv {
 impl Target {
     /// `conninfo` as given (or none), completed from `PGHOST`, `PGPORT`, `PGUSER`,
     /// `PGDATABASE`, `PGPASSWORD` and the password file, like libpq does.
-    pub fn new(conninfo: Option<&str>, timeout: Duration, env: &dyn Env) -> Result<Target, ConninfoError> {
+    pub fn new(
+        conninfo: Option<&str>,
+        timeout: Duration,
+        env: &dyn Env,
+    ) -> Result<Target, ConninfoError> {
         let mut config = match conninfo {
-            Some(text) => postgres::Config::from_str(text).map_err(|e| ConninfoError(e.to_string()))?,
+            Some(text) => {
+                postgres::Config::from_str(text).map_err(|e| ConninfoError(e.to_string()))?
+            }
             None => postgres::Config::new(),
         };
         if config.get_hosts().is_empty() {
-            let host = env.var("PGHOST").unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_string());
+            let host = env
+                .var("PGHOST")
+                .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_string());
             if host.starts_with('/') {
                 config.host_path(host);
             } else {
@@ -66,7 +74,10 @@ impl Target {
             }
         }
         if config.get_user().is_none() {
-            let user = env.var("PGUSER").or_else(os_user).unwrap_or_else(|| "postgres".into());
+            let user = env
+                .var("PGUSER")
+                .or_else(os_user)
+                .unwrap_or_else(|| "postgres".into());
             config.user(&user);
         }
         if config.get_dbname().is_none() {
@@ -83,7 +94,12 @@ impl Target {
                     .var("PGPASSFILE")
                     .map(PathBuf::from)
                     .or_else(|| env.var("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
-                lookup_pgpass(&file, &Target { config: config.clone() })
+                lookup_pgpass(
+                    &file,
+                    &Target {
+                        config: config.clone(),
+                    },
+                )
             });
             if let Some(password) = password {
                 config.password(password);
@@ -138,7 +154,10 @@ fn os_user() -> Option<String> {
         if pw.is_null() || (*pw).pw_name.is_null() {
             return None;
         }
-        CStr::from_ptr((*pw).pw_name).to_str().ok().map(str::to_string)
+        CStr::from_ptr((*pw).pw_name)
+            .to_str()
+            .ok()
+            .map(str::to_string)
     }
 }
 
@@ -176,7 +195,12 @@ fn lookup_pgpass(file: &Path, target: &Target) -> Option<String> {
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .map(pgpass_fields)
-        .find(|f| f.len() == 5 && f.iter().zip(wanted).all(|(have, want)| have == "*" || have == want))
+        .find(|f| {
+            f.len() == 5
+                && f.iter()
+                    .zip(wanted)
+                    .all(|(have, want)| have == "*" || have == want)
+        })
         .map(|mut f| f.remove(4))
 }
 
@@ -201,11 +225,19 @@ mod tests {
     #[test]
     fn defaults_follow_libpq() {
         let t = Target::new(None, T, &env(&[("PGUSER", "wg")])).unwrap();
-        assert_eq!(t.describe(), "host=/var/run/postgresql port=5432 user=wg dbname=wg");
+        assert_eq!(
+            t.describe(),
+            "host=/var/run/postgresql port=5432 user=wg dbname=wg"
+        );
         let t = Target::new(
             None,
             T,
-            &env(&[("PGHOST", "db1"), ("PGPORT", "6543"), ("PGUSER", "u"), ("PGDATABASE", "d")]),
+            &env(&[
+                ("PGHOST", "db1"),
+                ("PGPORT", "6543"),
+                ("PGUSER", "u"),
+                ("PGDATABASE", "d"),
+            ]),
         )
         .unwrap();
         assert_eq!(t.describe(), "host=db1 port=6543 user=u dbname=d");
@@ -218,8 +250,17 @@ mod tests {
             "host=/tmp port=5433 user=mon password=s3cret dbname=postgres",
             "postgresql://mon:s3cret@%2Ftmp:5433/postgres",
         ] {
-            let t = Target::new(Some(text), T, &env(&[("PGHOST", "elsewhere"), ("PGUSER", "x")])).unwrap();
-            assert_eq!(t.describe(), "host=/tmp port=5433 user=mon dbname=postgres", "{text}");
+            let t = Target::new(
+                Some(text),
+                T,
+                &env(&[("PGHOST", "elsewhere"), ("PGUSER", "x")]),
+            )
+            .unwrap();
+            assert_eq!(
+                t.describe(),
+                "host=/tmp port=5433 user=mon dbname=postgres",
+                "{text}"
+            );
             assert!(!format!("{t:?}").contains("s3cret"));
             assert_eq!(t.config().get_password(), Some(&b"s3cret"[..]));
         }
@@ -247,10 +288,18 @@ mod tests {
         let t = Target::new(Some("host=h user=u"), T, &e).unwrap();
         assert_eq!(t.config().get_password(), Some(&b"p:ss"[..]));
         let t = Target::new(Some("user=u"), T, &e).unwrap();
-        assert_eq!(t.config().get_password(), Some(&b"sock"[..]), "default socket is localhost");
+        assert_eq!(
+            t.config().get_password(),
+            Some(&b"sock"[..]),
+            "default socket is localhost"
+        );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let t = Target::new(Some("host=h user=u"), T, &e).unwrap();
-        assert_eq!(t.config().get_password(), None, "a readable pgpass is ignored, as libpq does");
+        assert_eq!(
+            t.config().get_password(),
+            None,
+            "a readable pgpass is ignored, as libpq does"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -85,7 +85,11 @@ pub struct Verdict {
 impl Verdict {
     /// `k/n`: list entries matched by a connected walsender, of all entries.
     pub fn replicas_connected(&self) -> (usize, usize) {
-        let connected = self.matches.iter().filter(|m| m.walsender.is_some()).count();
+        let connected = self
+            .matches
+            .iter()
+            .filter(|m| m.walsender.is_some())
+            .count();
         (connected, self.matches.len())
     }
 
@@ -107,7 +111,9 @@ fn selects(selector: &Selector, ws: &Walsender) -> bool {
         Selector::App(name) => ws.application_name == *name,
         _ if !ws.is_replica() => false,
         Selector::Addr(addr) => ws.client_addr == Some(*addr),
-        Selector::Host { addrs: Some(addrs), .. } => ws.client_addr.is_some_and(|a| addrs.contains(&a)),
+        Selector::Host {
+            addrs: Some(addrs), ..
+        } => ws.client_addr.is_some_and(|a| addrs.contains(&a)),
         Selector::Host { name, addrs: None } => ws
             .client_hostname
             .as_deref()
@@ -120,9 +126,18 @@ fn selects(selector: &Selector, ws: &Walsender) -> bool {
 fn assign(list: &[Entry], walsenders: &[Walsender]) -> Vec<Option<usize>> {
     let fits: Vec<Vec<usize>> = list
         .iter()
-        .map(|e| (0..walsenders.len()).filter(|&w| selects(&e.selector, &walsenders[w])).collect())
+        .map(|e| {
+            (0..walsenders.len())
+                .filter(|&w| selects(&e.selector, &walsenders[w]))
+                .collect()
+        })
         .collect();
-    fn augment(e: usize, fits: &[Vec<usize>], owner: &mut [Option<usize>], seen: &mut [bool]) -> bool {
+    fn augment(
+        e: usize,
+        fits: &[Vec<usize>],
+        owner: &mut [Option<usize>],
+        seen: &mut [bool],
+    ) -> bool {
         for &w in &fits[e] {
             if !seen[w] {
                 seen[w] = true;
@@ -149,7 +164,12 @@ fn assign(list: &[Entry], walsenders: &[Walsender]) -> Vec<Option<usize>> {
 
 /// Decides whether `wal` may be archived now. `observation` is only consulted for
 /// segments; `None` stands for "not observed", which holds a segment.
-pub fn decide(wal: &WalFile, observation: Option<&Observation>, list: &[Entry], policy: &Policy) -> Verdict {
+pub fn decide(
+    wal: &WalFile,
+    observation: Option<&Observation>,
+    list: &[Entry],
+    policy: &Policy,
+) -> Verdict {
     let id = match wal {
         WalFile::Segment(id) => id,
         // Rule 2: replicas never stream these from pg_wal, and a held history file only
@@ -173,7 +193,9 @@ pub fn decide(wal: &WalFile, observation: Option<&Observation>, list: &[Entry], 
     // Rule 3: where the segment ends, plus the margin the operator asked for.
     let need = match id.end(obs.segment_size) {
         Ok(end) => {
-            let margin = policy.keep_segments.saturating_mul(obs.segment_size.bytes());
+            let margin = policy
+                .keep_segments
+                .saturating_mul(obs.segment_size.bytes());
             Some(Lsn(end.0.saturating_add(margin)))
         }
         Err(e) => {
@@ -243,7 +265,11 @@ pub fn decide(wal: &WalFile, observation: Option<&Observation>, list: &[Entry], 
             reasons.push(format!(
                 "replica {} has {} only up to {}, needs {}",
                 s.entry,
-                if policy.position == Position::Replay { "replayed" } else { "flushed" },
+                if policy.position == Position::Replay {
+                    "replayed"
+                } else {
+                    "flushed"
+                },
                 s.lsn,
                 need
             ));
@@ -306,20 +332,133 @@ mod tests {
         let end = 0x400_0000;
         let p = Policy::default();
         // (case, list, walsenders, policy, archive?, a reason must contain)
-        let cases: Vec<(&str, &str, Vec<Walsender>, Policy, bool, &str)> = vec![
-            ("all past", "app:r1\napp:r2", vec![ws(1, "r1", None, Some(end)), ws(2, "r2", None, Some(end + 5))], p, true, ""),
-            ("one short", "app:r1\napp:r2", vec![ws(1, "r1", None, Some(end)), ws(2, "r2", None, Some(end - 1))], p, false, "replica app:r2 has replayed only up to 0/3FFFFFF, needs 0/4000000"),
-            ("one missing", "app:r1\napp:r2", vec![ws(1, "r1", None, Some(end))], p, false, "replica app:r2 not connected"),
-            ("unlisted holds", "app:r1", vec![ws(1, "r1", None, Some(end)), ws(2, "r2", Some("10.0.0.7"), Some(end))], p, false, "unlisted replica pid 2 app r2 from 10.0.0.7 is connected"),
-            ("unlisted ignored", "app:r1", vec![ws(1, "r1", None, Some(end)), ws(2, "r2", None, Some(0))], Policy { unlisted: Unlisted::Ignore, ..p }, true, ""),
-            ("null replay", "app:r1", vec![ws(1, "r1", None, None)], p, false, "replica app:r1 has not reported a replay position yet"),
-            ("keep_segments", "app:r1", vec![ws(1, "r1", None, Some(end + MIB16 - 1))], Policy { keep_segments: 1, ..p }, false, "needs 0/5000000"),
-            ("keep_segments met", "app:r1", vec![ws(1, "r1", None, Some(end + MIB16))], Policy { keep_segments: 1, ..p }, true, ""),
-            ("same address twice needs two", "10.0.0.5\n10.0.0.5", vec![ws(1, "a", Some("10.0.0.5"), Some(end))], p, false, "replica 10.0.0.5 not connected"),
-            ("same address twice matched", "10.0.0.5\n10.0.0.5", vec![ws(1, "a", Some("10.0.0.5"), Some(end)), ws(2, "b", Some("10.0.0.5"), Some(end))], p, true, ""),
-            ("mapped v4", "10.0.0.5", vec![ws(1, "a", Some("::ffff:10.0.0.5"), Some(end))], p, true, ""),
+        type Case = (
+            &'static str,
+            &'static str,
+            Vec<Walsender>,
+            Policy,
+            bool,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "all past",
+                "app:r1\napp:r2",
+                vec![
+                    ws(1, "r1", None, Some(end)),
+                    ws(2, "r2", None, Some(end + 5)),
+                ],
+                p,
+                true,
+                "",
+            ),
+            (
+                "one short",
+                "app:r1\napp:r2",
+                vec![
+                    ws(1, "r1", None, Some(end)),
+                    ws(2, "r2", None, Some(end - 1)),
+                ],
+                p,
+                false,
+                "replica app:r2 has replayed only up to 0/3FFFFFF, needs 0/4000000",
+            ),
+            (
+                "one missing",
+                "app:r1\napp:r2",
+                vec![ws(1, "r1", None, Some(end))],
+                p,
+                false,
+                "replica app:r2 not connected",
+            ),
+            (
+                "unlisted holds",
+                "app:r1",
+                vec![
+                    ws(1, "r1", None, Some(end)),
+                    ws(2, "r2", Some("10.0.0.7"), Some(end)),
+                ],
+                p,
+                false,
+                "unlisted replica pid 2 app r2 from 10.0.0.7 is connected",
+            ),
+            (
+                "unlisted ignored",
+                "app:r1",
+                vec![ws(1, "r1", None, Some(end)), ws(2, "r2", None, Some(0))],
+                Policy {
+                    unlisted: Unlisted::Ignore,
+                    ..p
+                },
+                true,
+                "",
+            ),
+            (
+                "null replay",
+                "app:r1",
+                vec![ws(1, "r1", None, None)],
+                p,
+                false,
+                "replica app:r1 has not reported a replay position yet",
+            ),
+            (
+                "keep_segments",
+                "app:r1",
+                vec![ws(1, "r1", None, Some(end + MIB16 - 1))],
+                Policy {
+                    keep_segments: 1,
+                    ..p
+                },
+                false,
+                "needs 0/5000000",
+            ),
+            (
+                "keep_segments met",
+                "app:r1",
+                vec![ws(1, "r1", None, Some(end + MIB16))],
+                Policy {
+                    keep_segments: 1,
+                    ..p
+                },
+                true,
+                "",
+            ),
+            (
+                "same address twice needs two",
+                "10.0.0.5\n10.0.0.5",
+                vec![ws(1, "a", Some("10.0.0.5"), Some(end))],
+                p,
+                false,
+                "replica 10.0.0.5 not connected",
+            ),
+            (
+                "same address twice matched",
+                "10.0.0.5\n10.0.0.5",
+                vec![
+                    ws(1, "a", Some("10.0.0.5"), Some(end)),
+                    ws(2, "b", Some("10.0.0.5"), Some(end)),
+                ],
+                p,
+                true,
+                "",
+            ),
+            (
+                "mapped v4",
+                "10.0.0.5",
+                vec![ws(1, "a", Some("::ffff:10.0.0.5"), Some(end))],
+                p,
+                true,
+                "",
+            ),
             ("empty list, nobody", "", vec![], p, true, ""),
-            ("empty list, a replica", "", vec![ws(1, "a", None, Some(end))], p, false, "unlisted replica"),
+            (
+                "empty list, a replica",
+                "",
+                vec![ws(1, "a", None, Some(end))],
+                p,
+                false,
+                "unlisted replica",
+            ),
         ];
         for (name, list, walsenders, policy, archive, reason) in cases {
             let mut o = obs(walsenders);
@@ -328,7 +467,11 @@ mod tests {
             }
             let v = decide_list(list, &o, policy);
             assert_eq!(v.archive, archive, "{name}: {:?}", v.reasons);
-            assert!(v.reasons.iter().any(|r| r.contains(reason)) || (archive && v.reasons.is_empty()), "{name}: {:?}", v.reasons);
+            assert!(
+                v.reasons.iter().any(|r| r.contains(reason)) || (archive && v.reasons.is_empty()),
+                "{name}: {:?}",
+                v.reasons
+            );
         }
     }
 
@@ -338,9 +481,22 @@ mod tests {
         w.flush = Some(Lsn(0x400_0000));
         let o = obs(vec![w]);
         assert!(!decide_list("app:r1", &o, Policy::default()).archive);
-        let v = decide_list("app:r1", &o, Policy { position: Position::Flush, ..Policy::default() });
+        let v = decide_list(
+            "app:r1",
+            &o,
+            Policy {
+                position: Position::Flush,
+                ..Policy::default()
+            },
+        );
         assert!(v.archive, "{:?}", v.reasons);
-        assert_eq!(v.slowest, Some(Slowest { entry: "app:r1".into(), lsn: Lsn(0x400_0000) }));
+        assert_eq!(
+            v.slowest,
+            Some(Slowest {
+                entry: "app:r1".into(),
+                lsn: Lsn(0x400_0000)
+            })
+        );
         assert_eq!(v.need, Some(Lsn(0x400_0000)));
     }
 
@@ -352,7 +508,12 @@ mod tests {
         let mut backup = ws(3, "pg_basebackup", Some("10.0.0.5"), None);
         backup.state = Some("backup".into());
         let stream = ws(4, "pg_basebackup", Some("10.0.0.5"), Some(0));
-        let o = obs(vec![ws(1, "r1", Some("10.0.0.5"), Some(end)), logical, backup, stream]);
+        let o = obs(vec![
+            ws(1, "r1", Some("10.0.0.5"), Some(end)),
+            logical,
+            backup,
+            stream,
+        ]);
         let v = decide_list("10.0.0.5", &o, Policy::default());
         assert!(v.archive, "{:?}", v.reasons);
         assert_eq!(v.matches[0].walsender, Some(0));
@@ -369,13 +530,26 @@ mod tests {
         let v = decide_list("app:r1", &obs(vec![hidden]), Policy::default());
         assert!(!v.archive);
         assert_eq!(v.reasons.len(), 1, "{:?}", v.reasons);
-        assert!(v.reasons[0].contains("GRANT pg_monitor TO replicator"), "{:?}", v.reasons);
+        assert!(
+            v.reasons[0].contains("GRANT pg_monitor TO replicator"),
+            "{:?}",
+            v.reasons
+        );
     }
 
     #[test]
     fn exempt_files_and_unobserved_segments() {
-        for name in ["00000002.history", "000000010000000000000003.00000028.backup", "000000010000000000000003.partial"] {
-            let v = decide(&name.parse().unwrap(), None, &parse("app:r1", "l").unwrap(), &Policy::default());
+        for name in [
+            "00000002.history",
+            "000000010000000000000003.00000028.backup",
+            "000000010000000000000003.partial",
+        ] {
+            let v = decide(
+                &name.parse().unwrap(),
+                None,
+                &parse("app:r1", "l").unwrap(),
+                &Policy::default(),
+            );
             assert!(v.archive, "{name}");
         }
         let v = decide(&seg3(), None, &[], &Policy::default());
@@ -386,7 +560,10 @@ mod tests {
     fn matching_is_not_greedy() {
         // Greedy in list order would give w1 to app:r1 and leave 10.0.0.1 unmatched.
         let end = 0x400_0000;
-        let o = obs(vec![ws(1, "r1", Some("10.0.0.1"), Some(end)), ws(2, "r1", Some("10.0.0.2"), Some(end))]);
+        let o = obs(vec![
+            ws(1, "r1", Some("10.0.0.1"), Some(end)),
+            ws(2, "r1", Some("10.0.0.2"), Some(end)),
+        ]);
         let v = decide_list("app:r1\n10.0.0.1", &o, Policy::default());
         assert!(v.archive, "{:?}", v.reasons);
         assert_eq!(v.replicas_connected(), (2, 2));
@@ -397,7 +574,11 @@ mod tests {
         let bad: WalFile = "000000010000000000000100".parse().unwrap();
         let v = decide(&bad, Some(&obs(vec![])), &[], &Policy::default());
         assert!(!v.archive);
-        assert!(v.reasons[0].contains("does not exist with wal_segment_size"), "{:?}", v.reasons);
+        assert!(
+            v.reasons[0].contains("does not exist with wal_segment_size"),
+            "{:?}",
+            v.reasons
+        );
     }
 
     proptest! {

@@ -94,7 +94,11 @@ impl DecisionLog {
                 .and_then(|mut f| f.write_all(line.as_bytes())),
         };
         if let Err(e) = result {
-            let path = self.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            let path = self
+                .file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             eprint!("walguard: cannot write the decision log {path}: {e}; the line was: {line}");
         }
     }

@@ -113,7 +113,11 @@ fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Option<Walsender>, Observ
         application_name: text(3).unwrap_or_default(),
         client_addr: row
             .get(4)
-            .map(|v| v.parse::<IpAddr>().map(|a| a.to_canonical()).map_err(|_| unexpected("client_addr", v)))
+            .map(|v| {
+                v.parse::<IpAddr>()
+                    .map(|a| a.to_canonical())
+                    .map_err(|_| unexpected("client_addr", v))
+            })
             .transpose()?,
         client_hostname: text(5),
         state: text(6),
@@ -128,13 +132,14 @@ fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Option<Walsender>, Observ
 /// Connects once, reads everything, disconnects.
 pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
     let described = target.describe();
-    let mut client = target
-        .config()
-        .connect(postgres::NoTls)
-        .map_err(|source| ObserveError::Connect {
-            target: described.clone(),
-            source,
-        })?;
+    let mut client =
+        target
+            .config()
+            .connect(postgres::NoTls)
+            .map_err(|source| ObserveError::Connect {
+                target: described.clone(),
+                source,
+            })?;
     let messages = client
         .simple_query(QUERY)
         .map_err(|source| ObserveError::Query {

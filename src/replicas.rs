@@ -63,7 +63,9 @@ fn is_host_name(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -96,7 +98,8 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, ListError> {
             Selector::App(app.to_string())
         } else if let Ok(addr) = content.trim_matches(['[', ']']).parse::<IpAddr>() {
             Selector::Addr(addr.to_canonical())
-        } else if is_host_name(content) && !content.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        } else if is_host_name(content) && !content.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        {
             Selector::Host {
                 name: content.to_ascii_lowercase(),
                 addrs: None,
@@ -192,7 +195,9 @@ mod tests {
             ("1.2.3", 1),
         ];
         for (text, line) in cases {
-            let err = parse(text, "/etc/walguard/slaves.list").unwrap_err().to_string();
+            let err = parse(text, "/etc/walguard/slaves.list")
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with(&format!("/etc/walguard/slaves.list:{line}: ")),
                 "{text:?} -> {err}"
@@ -212,7 +217,10 @@ mod tests {
         }
         let mut bad = parse("\nno-such-host.invalid", "l").unwrap();
         let err = resolve(&mut bad, "l").unwrap_err().to_string();
-        assert!(err.starts_with("l:2: host name \"no-such-host.invalid\" does not resolve"), "{err}");
+        assert!(
+            err.starts_with("l:2: host name \"no-such-host.invalid\" does not resolve"),
+            "{err}"
+        );
     }
 
     proptest! {

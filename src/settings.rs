@@ -26,7 +26,9 @@ impl FromStr for Span {
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -44,7 +46,13 @@ pub struct Layer {
 
     /// libpq key=value string or postgresql:// URI of the local primary [default: PGHOST,
     /// PGPORT, PGUSER, PGDATABASE, PGPASSWORD, ~/.pgpass; host /var/run/postgresql]
-    #[arg(long, global = true, env = "WALGUARD_CONNINFO", value_name = "CONNINFO", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_CONNINFO",
+        value_name = "CONNINFO",
+        hide_env_values = true
+    )]
     pub conninfo: Option<String>,
 
     /// The decision log (watchdog.log) [default: stderr, which lands in PostgreSQL's log]
@@ -110,10 +118,15 @@ pub struct Settings {
 #[derive(Debug, Error)]
 pub enum SettingsError {
     #[error("cannot read the config file {file}: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("config file {file}: {message}")]
     Parse { file: String, message: String },
-    #[error("no replicas list: set `replicas` in the config file, --replicas, or WALGUARD_REPLICAS")]
+    #[error(
+        "no replicas list: set `replicas` in the config file, --replicas, or WALGUARD_REPLICAS"
+    )]
     NoReplicas,
     #[error("timeout must be more than zero")]
     ZeroTimeout,
@@ -180,7 +193,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.archive_dir.as_deref(), Some(Path::new("/a")));
-        assert_eq!(s.policy, Policy { position: Position::Flush, keep_segments: 2, unlisted: Unlisted::Ignore });
+        assert_eq!(
+            s.policy,
+            Policy {
+                position: Position::Flush,
+                keep_segments: 2,
+                unlisted: Unlisted::Ignore
+            }
+        );
         assert!(!s.resolve);
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert_eq!(s.pgdata, Path::new("."));
@@ -199,7 +219,11 @@ mod tests {
             keep_segments: Some(5),
             ..Layer::default()
         };
-        let s = with_file("replicas = \"/file\"\nkeep_segments = 1\nconninfo = \"port=1\"", cli).unwrap();
+        let s = with_file(
+            "replicas = \"/file\"\nkeep_segments = 1\nconninfo = \"port=1\"",
+            cli,
+        )
+        .unwrap();
         assert_eq!(s.replicas, Path::new("/cli"));
         assert_eq!(s.policy.keep_segments, 5);
         assert_eq!(s.conninfo.as_deref(), Some("port=1"));

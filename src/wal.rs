@@ -185,9 +185,8 @@ impl FromStr for WalFile {
         } else if let Some(seg) = s.strip_suffix(".partial") {
             segment_id(seg).map(WalFile::Partial)
         } else if let Some(rest) = s.strip_suffix(".backup") {
-            rest.split_once('.').and_then(|(seg, offset)| {
-                Some(WalFile::Backup(segment_id(seg)?, hex8(offset)?))
-            })
+            rest.split_once('.')
+                .and_then(|(seg, offset)| Some(WalFile::Backup(segment_id(seg)?, hex8(offset)?)))
         } else {
             segment_id(s).map(WalFile::Segment)
         };
@@ -263,7 +262,11 @@ mod tests {
 
     #[test]
     fn names() {
-        let seg = SegmentId { timeline: 1, log: 0, seg: 3 };
+        let seg = SegmentId {
+            timeline: 1,
+            log: 0,
+            seg: 3,
+        };
         let cases: [(&str, Option<WalFile>); 16] = [
             ("000000010000000000000003", Some(WalFile::Segment(seg))),
             ("00000002.history", Some(WalFile::History(2))),
@@ -271,7 +274,10 @@ mod tests {
                 "000000010000000000000003.00000028.backup",
                 Some(WalFile::Backup(seg, 0x28)),
             ),
-            ("000000010000000000000003.partial", Some(WalFile::Partial(seg))),
+            (
+                "000000010000000000000003.partial",
+                Some(WalFile::Partial(seg)),
+            ),
             ("00000001000000000000000a", None),
             ("00000001000000000000003", None),
             ("0000000100000000000000033", None),
@@ -299,17 +305,30 @@ mod tests {
         let mib16 = SegmentSize::new(16 << 20).unwrap();
         let mib1 = SegmentSize::new(1 << 20).unwrap();
         let gib1 = SegmentSize::new(1 << 30).unwrap();
-        let id = |log, seg| SegmentId { timeline: 7, log, seg };
+        let id = |log, seg| SegmentId {
+            timeline: 7,
+            log,
+            seg,
+        };
         assert_eq!(id(0, 3).end(mib16).unwrap(), "0/4000000".parse().unwrap());
         assert_eq!(id(0, 0xFF).end(mib16).unwrap(), "1/0".parse().unwrap());
-        assert_eq!(id(0x16, 0xB3).end(mib16).unwrap(), "16/B4000000".parse().unwrap());
+        assert_eq!(
+            id(0x16, 0xB3).end(mib16).unwrap(),
+            "16/B4000000".parse().unwrap()
+        );
         assert!(id(0, 0x100).end(mib16).is_err());
         assert_eq!(id(0, 0xFFF).end(mib1).unwrap(), "1/0".parse().unwrap());
         assert!(id(0, 0x1000).end(mib1).is_err());
         assert_eq!(id(2, 3).end(gib1).unwrap(), "3/0".parse().unwrap());
         assert!(id(2, 4).end(gib1).is_err());
-        assert!(id(u32::MAX, 0xFF).end(mib16).is_err(), "end of WAL space overflows");
-        assert_eq!(id(u32::MAX, 0xFE).end(mib16).unwrap(), "FFFFFFFF/FF000000".parse().unwrap());
+        assert!(
+            id(u32::MAX, 0xFF).end(mib16).is_err(),
+            "end of WAL space overflows"
+        );
+        assert_eq!(
+            id(u32::MAX, 0xFE).end(mib16).unwrap(),
+            "FFFFFFFF/FF000000".parse().unwrap()
+        );
     }
 
     proptest! {

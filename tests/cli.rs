@@ -20,7 +20,11 @@ impl Sandbox {
         fs::create_dir(p.join("archive")).unwrap();
         fs::create_dir(p.join("pg_wal")).unwrap();
         fs::write(p.join("pg_wal").join(SEG), vec![7u8; 16 << 20]).unwrap();
-        fs::write(p.join("pg_wal/00000002.history"), "1\t0/3000000\tno recovery target specified\n").unwrap();
+        fs::write(
+            p.join("pg_wal/00000002.history"),
+            "1\t0/3000000\tno recovery target specified\n",
+        )
+        .unwrap();
         fs::write(p.join("slaves.list"), "app:r1\n").unwrap();
         fs::write(
             p.join("walguard.toml"),
@@ -72,7 +76,10 @@ fn assert_refused(s: &Sandbox, out: &Output, needle: &str) {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(needle), "wanted {needle:?} in: {err}");
     assert!(s.archived().is_empty(), "wrote {:?}", s.archived());
-    assert!(!err.contains("s3cret") && !s.log().contains("s3cret"), "password leaked");
+    assert!(
+        !err.contains("s3cret") && !s.log().contains("s3cret"),
+        "password leaked"
+    );
 }
 
 #[test]
@@ -93,22 +100,42 @@ fn malformed_and_path_like_names_are_refused() {
         let out = s.run(&["check", name]);
         assert_refused(&s, &out, "is not a WAL file name");
     }
-    assert!(s.log().lines().all(|l| l.contains("decision=error")), "{}", s.log());
+    assert!(
+        s.log().lines().all(|l| l.contains("decision=error")),
+        "{}",
+        s.log()
+    );
 }
 
 #[test]
 fn missing_wal_path_is_refused() {
     let s = Sandbox::new();
-    let out = s.run(&["archive", "pg_wal/000000010000000000000009", "000000010000000000000009"]);
-    assert_refused(&s, &out, "cannot read WAL_PATH pg_wal/000000010000000000000009");
+    let out = s.run(&[
+        "archive",
+        "pg_wal/000000010000000000000009",
+        "000000010000000000000009",
+    ]);
+    assert_refused(
+        &s,
+        &out,
+        "cannot read WAL_PATH pg_wal/000000010000000000000009",
+    );
 }
 
 #[test]
 fn unreachable_database_is_exit_2_without_the_password() {
     let s = Sandbox::new();
     let out = s.run(&["archive", &format!("pg_wal/{SEG}"), SEG]);
-    assert_refused(&s, &out, "cannot connect to the primary (host=127.0.0.1 port=1 user=nobody dbname=nobody)");
-    assert!(s.log().contains("level=error") && s.log().contains("decision=error"), "{}", s.log());
+    assert_refused(
+        &s,
+        &out,
+        "cannot connect to the primary (host=127.0.0.1 port=1 user=nobody dbname=nobody)",
+    );
+    assert!(
+        s.log().contains("level=error") && s.log().contains("decision=error"),
+        "{}",
+        s.log()
+    );
     let out = s.run(&["check", SEG]);
     assert_refused(&s, &out, "cannot connect to the primary");
 }
@@ -119,8 +146,15 @@ fn history_files_are_archived_at_once_without_asking_the_server() {
     let name = "00000002.history";
     let out = s.run(&["archive", &format!("pg_wal/{name}"), name]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(fs::read(s.path().join("archive").join(name)).unwrap(), fs::read(s.path().join("pg_wal").join(name)).unwrap());
-    assert!(s.log().contains(&format!("wal={name} decision=archived")), "{}", s.log());
+    assert_eq!(
+        fs::read(s.path().join("archive").join(name)).unwrap(),
+        fs::read(s.path().join("pg_wal").join(name)).unwrap()
+    );
+    assert!(
+        s.log().contains(&format!("wal={name} decision=archived")),
+        "{}",
+        s.log()
+    );
     let out = s.run(&["check", name]);
     assert_eq!(out.status.code(), Some(0));
 }
@@ -128,7 +162,11 @@ fn history_files_are_archived_at_once_without_asking_the_server() {
 #[test]
 fn broken_list_lines_name_file_and_line() {
     let s = Sandbox::new();
-    fs::write(s.path().join("slaves.list"), "app:r1\n\n10.0.0.1 10.0.0.2\n").unwrap();
+    fs::write(
+        s.path().join("slaves.list"),
+        "app:r1\n\n10.0.0.1 10.0.0.2\n",
+    )
+    .unwrap();
     let out = s.run(&["archive", &format!("pg_wal/{SEG}"), SEG]);
     assert_refused(&s, &out, &format!("{}/slaves.list:3: ", s.path().display()));
     fs::remove_file(s.path().join("slaves.list")).unwrap();
@@ -144,8 +182,14 @@ fn bad_config_values_are_refused() {
         (&["--position", "sent"], "invalid value 'sent'"),
         (&["--keep-segments=-1"], "--keep-segments"),
         (&["--resolve", "maybe"], "invalid value 'maybe'"),
-        (&["--conninfo", "host='unterminated"], "conninfo is not a valid"),
-        (&["--config", "/nonexistent/walguard.toml"], "cannot read the config file /nonexistent/walguard.toml"),
+        (
+            &["--conninfo", "host='unterminated"],
+            "conninfo is not a valid",
+        ),
+        (
+            &["--config", "/nonexistent/walguard.toml"],
+            "cannot read the config file /nonexistent/walguard.toml",
+        ),
     ];
     for (flags, needle) in cases {
         let mut args = flags.to_vec();
@@ -153,7 +197,11 @@ fn bad_config_values_are_refused() {
         let out = s.run(&args);
         assert_refused(&s, &out, needle);
     }
-    fs::write(s.path().join("walguard.toml"), "replicas = \"x\"\nunlisted = \"warn\"\n").unwrap();
+    fs::write(
+        s.path().join("walguard.toml"),
+        "replicas = \"x\"\nunlisted = \"warn\"\n",
+    )
+    .unwrap();
     let out = s.run(&["check", SEG]);
     assert_refused(&s, &out, "unlisted");
     fs::write(s.path().join("walguard.toml"), "replicas = \"x\"\n").unwrap();
@@ -171,7 +219,12 @@ fn settings_come_from_flags_env_and_file_in_that_order() {
         .env("WALGUARD_REPLICAS", "/nonexistent")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "history files need no list: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "history files need no list: {}",
+        stderr(&out)
+    );
     let out = Command::new(WALGUARD)
         .args(["check", SEG, "--config"])
         .arg(s.path().join("walguard.toml"))
@@ -193,10 +246,19 @@ fn help_and_version() {
     let out = Command::new(WALGUARD).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["archive", "check", "--archive-dir", "WALGUARD_REPLICAS", "archive_command"] {
+    for word in [
+        "archive",
+        "check",
+        "--archive-dir",
+        "WALGUARD_REPLICAS",
+        "archive_command",
+    ] {
         assert!(help.contains(word), "--help lacks {word}: {help}");
     }
-    let out = Command::new(WALGUARD).args(["archive", "--help"]).output().unwrap();
+    let out = Command::new(WALGUARD)
+        .args(["archive", "--help"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("archive_command = 'walguard --config"));
     let out = Command::new(WALGUARD).arg("--version").output().unwrap();
     assert_eq!(out.status.code(), Some(0));

@@ -20,7 +20,10 @@ fn start(opts: Options) -> Cluster {
 
 /// Segment names from `first` to `last` inclusive (same timeline and log).
 fn expect_contiguous(names: &[String]) {
-    let nums: Vec<u64> = names.iter().map(|n| u64::from_str_radix(&n[8..], 16).unwrap()).collect();
+    let nums: Vec<u64> = names
+        .iter()
+        .map(|n| u64::from_str_radix(&n[8..], 16).unwrap())
+        .collect();
     for pair in nums.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "gap in the archive: {names:?}");
     }
@@ -38,7 +41,10 @@ fn stderr(o: &std::process::Output) -> String {
 fn wait_log(c: &Cluster, wal: &str, decision: &str) -> Result<String> {
     let needle = format!("wal={wal} decision={decision}");
     wait_for(&format!("a log line `{needle}`"), ARCHIVE_WAIT, || {
-        Ok(c.log_text().lines().find(|l| l.contains(&needle)).map(str::to_string))
+        Ok(c.log_text()
+            .lines()
+            .find(|l| l.contains(&needle))
+            .map(str::to_string))
     })
 }
 
@@ -51,7 +57,11 @@ fn healthy_cluster_archives_every_segment_byte_identical() -> Result<()> {
     }
     c.wait_archived(&last, ARCHIVE_WAIT)?;
     let archived = c.archived()?;
-    assert_eq!(archived.first().map(String::as_str), Some("000000010000000000000001"), "{archived:?}");
+    assert_eq!(
+        archived.first().map(String::as_str),
+        Some("000000010000000000000001"),
+        "{archived:?}"
+    );
     assert_eq!(archived.last(), Some(&last));
     expect_contiguous(&archived);
     for name in &archived {
@@ -59,13 +69,23 @@ fn healthy_cluster_archives_every_segment_byte_identical() -> Result<()> {
         let original = fs::read(c.primary.data.join("pg_wal").join(name))?;
         assert!(copy == original, "{name} differs from pg_wal");
         let mode = fs::metadata(c.archive.join(name))?.permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0, "{name} readable by others");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+            0,
+            "{name} readable by others"
+        );
     }
     let line = wait_log(&c, &last, "archived")?;
     assert!(line.contains("replicas=2/2"), "{line}");
     assert!(line.contains("bytes=16777216"), "{line}");
-    assert!(line.contains(" need_lsn=") && line.contains(" slowest=app:r"), "{line}");
-    assert!(!fs::read_dir(c.archive.join(".walguard-tmp"))?.any(|_| true), "temp files left");
+    assert!(
+        line.contains(" need_lsn=") && line.contains(" slowest=app:r"),
+        "{line}"
+    );
+    assert!(
+        !fs::read_dir(c.archive.join(".walguard-tmp"))?.any(|_| true),
+        "temp files left"
+    );
     Ok(())
 }
 
@@ -79,23 +99,43 @@ fn stopped_replica_holds_segments_until_it_streams_again() -> Result<()> {
     c.stop(r2)?;
     let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
     let line = wait_log(&c, &held[0], "held")?;
-    assert!(line.contains("reason=\"replica app:r2 not connected\""), "{line}");
+    assert!(
+        line.contains("reason=\"replica app:r2 not connected\""),
+        "{line}"
+    );
     assert!(line.contains("replicas=1/2"), "{line}");
 
     // Nothing past r2's position reached the archive, and the dry run names r2.
     let archived = c.archived()?;
-    assert!(archived.iter().all(|n| n < &held[0]), "archived past the stopped replica: {archived:?}");
+    assert!(
+        archived.iter().all(|n| n < &held[0]),
+        "archived past the stopped replica: {archived:?}"
+    );
     let check = c.walguard(&["check", &held[0]]);
-    assert_eq!(check.status.code(), Some(1), "{}{}", stdout(&check), stderr(&check));
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
     let report = stdout(&check);
-    assert!(report.contains("app:r2") && report.contains("not connected") && report.contains("verdict: HOLD"), "{report}");
+    assert!(
+        report.contains("app:r2")
+            && report.contains("not connected")
+            && report.contains("verdict: HOLD"),
+        "{report}"
+    );
 
     // A checkpoint would recycle archived segments; held ones must survive it.
     c.query("CHECKPOINT")?;
     let ready = c.ready()?;
     for name in &held {
         assert!(ready.contains(name), "{name} not .ready: {ready:?}");
-        assert!(c.primary.data.join("pg_wal").join(name).exists(), "{name} left pg_wal");
+        assert!(
+            c.primary.data.join("pg_wal").join(name).exists(),
+            "{name} left pg_wal"
+        );
     }
 
     // r2 comes back with no restore_command: it must stream what it missed.
@@ -123,7 +163,10 @@ fn unlisted_replica_holds_and_is_named() -> Result<()> {
     c.write_list("app:r1\n")?;
     let seg = c.switch_wal()?;
     let line = wait_log(&c, &seg, "held")?;
-    assert!(line.contains("unlisted replica pid ") && line.contains(" app r2 from 127.0.0.1"), "{line}");
+    assert!(
+        line.contains("unlisted replica pid ") && line.contains(" app r2 from 127.0.0.1"),
+        "{line}"
+    );
     assert!(!c.archive.join(&seg).exists());
 
     let check = c.walguard(&["check", &seg]);
@@ -139,7 +182,11 @@ fn unlisted_replica_holds_and_is_named() -> Result<()> {
     c.write_list("127.0.0.1\n127.0.0.1\n127.0.0.1 # a third that does not exist\n")?;
     let three = c.walguard(&["check", &seg]);
     assert_eq!(three.status.code(), Some(1));
-    assert!(stdout(&three).contains("replica 127.0.0.1 not connected"), "{}", stdout(&three));
+    assert!(
+        stdout(&three).contains("replica 127.0.0.1 not connected"),
+        "{}",
+        stdout(&three)
+    );
 
     // Back to the full list: the held segment goes out at the next wake-up.
     c.write_list("app:r1\napp:r2\n")?;
@@ -166,14 +213,22 @@ fn one_mib_segments_work_the_same() -> Result<()> {
         assert_eq!(fs::metadata(c.archive.join(name))?.len(), 1 << 20, "{name}");
     }
     // The position needed is the segment's end, computed here independently.
-    let segno = u64::from_str_radix(&last[8..16], 16)? * 4096 + u64::from_str_radix(&last[16..], 16)?;
+    let segno =
+        u64::from_str_radix(&last[8..16], 16)? * 4096 + u64::from_str_radix(&last[16..], 16)?;
     let end = (segno + 1) << 20;
     let line = wait_log(&c, &last, "archived")?;
-    assert!(line.contains(&format!("need_lsn={:X}/{:X}", end >> 32, end & 0xFFFF_FFFF)), "{line}");
+    assert!(
+        line.contains(&format!("need_lsn={:X}/{:X}", end >> 32, end & 0xFFFF_FFFF)),
+        "{line}"
+    );
     assert!(line.contains("bytes=1048576"), "{line}");
     let check = c.walguard(&["check", &last]);
     assert_eq!(check.status.code(), Some(0));
-    assert!(stdout(&check).contains("wal_segment_size 1 MiB"), "{}", stdout(&check));
+    assert!(
+        stdout(&check).contains("wal_segment_size 1 MiB"),
+        "{}",
+        stdout(&check)
+    );
     Ok(())
 }
 
@@ -187,24 +242,44 @@ fn existing_archive_file_is_never_overwritten() -> Result<()> {
     // Identical bytes already there: success, logged as `exists`.
     let again = c.walguard(&["archive", &wal_path, &seg]);
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
-    assert!(c.log_text().lines().any(|l| l.contains(&format!("wal={seg} decision=exists"))));
+    assert!(
+        c.log_text()
+            .lines()
+            .any(|l| l.contains(&format!("wal={seg} decision=exists")))
+    );
 
     // Different bytes under the name: exit 2, loud, untouched.
     let other = c.base.join("other-archive");
     fs::create_dir(&other)?;
     fs::write(other.join(&seg), b"not this segment")?;
-    let out = c.walguard(&["--archive-dir", other.to_str().unwrap(), "archive", &wal_path, &seg]);
+    let out = c.walguard(&[
+        "--archive-dir",
+        other.to_str().unwrap(),
+        "archive",
+        &wal_path,
+        &seg,
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("already exists with different content"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already exists with different content"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(fs::read(other.join(&seg))?, b"not this segment");
     let line = c.log_text().lines().last().unwrap_or_default().to_string();
-    assert!(line.contains("level=error") && line.contains("decision=error"), "{line}");
+    assert!(
+        line.contains("level=error") && line.contains("decision=error"),
+        "{line}"
+    );
     Ok(())
 }
 
 #[test]
 fn unreachable_database_holds_with_exit_2() -> Result<()> {
-    let c = start(Options { replicas: 1, ..Options::default() });
+    let c = start(Options {
+        replicas: 1,
+        ..Options::default()
+    });
     let seg = c.switch_wal()?;
     c.wait_archived(&seg, ARCHIVE_WAIT)?;
     let out = c.walguard(&[
@@ -218,7 +293,10 @@ fn unreachable_database_holds_with_exit_2() -> Result<()> {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("cannot connect to the primary (host=127.0.0.1 port=1 user=postgres"), "{err}");
+    assert!(
+        err.contains("cannot connect to the primary (host=127.0.0.1 port=1 user=postgres"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2") && !c.log_text().contains("hunter2"));
     assert!(!c.base.join("nowhere").exists());
     Ok(())

@@ -41,10 +41,18 @@ pub fn find_bindir() -> Option<PathBuf> {
         .map(|e| e.path().join("bin"))
         .collect();
     debian.sort_by_key(|p| {
-        let version = p.parent().and_then(|v| v.file_name()).and_then(OsStr::to_str).and_then(|v| v.parse::<u32>().ok());
+        let version = p
+            .parent()
+            .and_then(|v| v.file_name())
+            .and_then(OsStr::to_str)
+            .and_then(|v| v.parse::<u32>().ok());
         std::cmp::Reverse(version)
     });
-    from_pg_config.into_iter().chain(on_path).chain(debian).find(|d| has_initdb(d))
+    from_pg_config
+        .into_iter()
+        .chain(on_path)
+        .chain(debian)
+        .find(|d| has_initdb(d))
 }
 
 fn free_port() -> Result<u16> {
@@ -61,7 +69,11 @@ fn is_root() -> bool {
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Polls `probe` every 100 ms until it yields, or fails after `limit` naming `what`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -202,12 +214,20 @@ impl Cluster {
 
     /// `host=... port=... user=postgres dbname=postgres` of the primary (Unix socket).
     pub fn conninfo(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.base.display(), self.primary.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.base.display(),
+            self.primary.port
+        )
     }
 
     fn chown(&self, path: &Path) -> Result<()> {
         if let Some(user) = self.run_as {
-            let status = Command::new("chown").arg("-R").arg(user).arg(path).status()?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(user)
+                .arg(path)
+                .status()?;
             if !status.success() {
                 bail!("chown {user} {} failed", path.display());
             }
@@ -280,9 +300,9 @@ impl Cluster {
         )?;
         let mut conf = self.server_conf(node.port);
         // TCP, so that pg_stat_replication shows client_addr 127.0.0.1.
-        let _ = write!(
+        let _ = writeln!(
             conf,
-            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\n",
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'",
             self.primary.port
         );
         append(&node.data.join("postgresql.conf"), &conf)?;
@@ -294,7 +314,10 @@ impl Cluster {
     }
 
     pub fn replica(&self, name: &str) -> &Node {
-        self.replicas.iter().find(|n| n.name == name).expect("no such replica")
+        self.replicas
+            .iter()
+            .find(|n| n.name == name)
+            .expect("no such replica")
     }
 
     pub fn stop(&self, node: &Node) -> Result<()> {
@@ -310,40 +333,59 @@ impl Cluster {
     }
 
     pub fn connect(&self, node: &Node) -> Result<postgres::Client> {
-        let info = format!("host={} port={} user=postgres dbname=postgres", self.base.display(), node.port);
-        postgres::Client::connect(&info, postgres::NoTls).with_context(|| format!("connecting to {}", node.name))
+        let info = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.base.display(),
+            node.port
+        );
+        postgres::Client::connect(&info, postgres::NoTls)
+            .with_context(|| format!("connecting to {}", node.name))
     }
 
     /// Runs `sql` on the primary and returns the first column of the first row as text.
     pub fn query(&self, sql: &str) -> Result<Option<String>> {
         let mut client = self.connect(&self.primary)?;
         let rows = client.simple_query(sql)?;
-        Ok(rows.iter().find_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
-            _ => None,
-        }).flatten())
+        Ok(rows
+            .iter()
+            .find_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .flatten())
     }
 
     /// Writes a little, then finishes the current segment; returns the finished segment's name.
     pub fn switch_wal(&self) -> Result<String> {
         self.query("CREATE TABLE IF NOT EXISTS walguard_test (x int); INSERT INTO walguard_test VALUES (1)")?;
-        self.query("SELECT pg_walfile_name(pg_switch_wal())")?.context("pg_switch_wal returned nothing")
+        self.query("SELECT pg_walfile_name(pg_switch_wal())")?
+            .context("pg_switch_wal returned nothing")
     }
 
     /// Waits until `n` walsenders named r1.. stream with a reported replay position.
     pub fn wait_streaming(&self, n: usize) -> Result<()> {
-        wait_for(&format!("{n} replicas streaming"), Duration::from_secs(60), || {
-            let count = self.query(
+        wait_for(
+            &format!("{n} replicas streaming"),
+            Duration::from_secs(60),
+            || {
+                let count = self.query(
                 "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND replay_lsn IS NOT NULL AND application_name ~ '^r[0-9]+$'",
             )?;
-            Ok((count.as_deref() == Some(&n.to_string())).then_some(()))
-        })
+                Ok((count.as_deref() == Some(&n.to_string())).then_some(()))
+            },
+        )
     }
 
     /// Waits until every replica has replayed everything the primary has written.
     pub fn wait_caught_up(&self, names: &[&str]) -> Result<()> {
-        let target = self.query("SELECT pg_current_wal_lsn()")?.context("no current LSN")?;
-        let names = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(",");
+        let target = self
+            .query("SELECT pg_current_wal_lsn()")?
+            .context("no current LSN")?;
+        let names = names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",");
         wait_for("replicas to catch up", Duration::from_secs(60), || {
             let behind = self.query(&format!(
                 "SELECT count(*) FROM pg_stat_replication WHERE application_name IN ({names}) AND replay_lsn >= '{target}'"
@@ -356,7 +398,10 @@ impl Cluster {
     pub fn wait_archived(&self, name: &str, limit: Duration) -> Result<()> {
         wait_for(&format!("{name} to be archived"), limit, || {
             let last = self.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
-            Ok((last.is_some_and(|l| l.as_str() >= name) && self.archive.join(name).exists()).then_some(()))
+            Ok(
+                (last.is_some_and(|l| l.as_str() >= name) && self.archive.join(name).exists())
+                    .then_some(()),
+            )
         })
     }
 
@@ -406,10 +451,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in self.replicas.iter().chain(std::iter::once(&self.primary)) {
-            let _ = self.pg(
-                "pg_ctl",
-                &[&"-D", &node.data, &"-m", &"immediate", &"stop"],
-            );
+            let _ = self.pg("pg_ctl", &[&"-D", &node.data, &"-m", &"immediate", &"stop"]);
         }
         if std::env::var_os("WALGUARD_KEEP_CLUSTER").is_none() {
             let _ = fs::remove_dir_all(&self.base);
