@@ -149,14 +149,14 @@ fn decide(
         return Ok((decision::decide(wal, None, &[], &settings.policy), None));
     }
     let (list, obs) = observe(settings)?;
-    if let Some(size) = size_of {
-        if size != obs.segment_size.bytes() {
-            bail!(
-                "{wal} has {size} bytes but the server's wal_segment_size is {}: \
-                 is conninfo pointing at the server whose pg_wal this is?",
-                obs.segment_size.bytes()
-            );
-        }
+    if let Some(size) = size_of
+        && size != obs.segment_size.bytes()
+    {
+        bail!(
+            "{wal} has {size} bytes but the server's wal_segment_size is {}: \
+             is conninfo pointing at the server whose pg_wal this is?",
+            obs.segment_size.bytes()
+        );
     }
     let verdict = decision::decide(wal, Some(&obs), &list, &settings.policy);
     Ok((verdict, Some(obs)))

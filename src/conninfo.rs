@@ -65,13 +65,13 @@ impl Target {
                 config.host(&host);
             }
         }
-        if config.get_ports().is_empty() {
-            if let Some(port) = env.var("PGPORT") {
-                let port = port
-                    .parse()
-                    .map_err(|_| ConninfoError(format!("PGPORT={port:?} is not a port number")))?;
-                config.port(port);
-            }
+        if config.get_ports().is_empty()
+            && let Some(port) = env.var("PGPORT")
+        {
+            let port = port
+                .parse()
+                .map_err(|_| ConninfoError(format!("PGPORT={port:?} is not a port number")))?;
+            config.port(port);
         }
         if config.get_user().is_none() {
             let user = env
@@ -80,10 +80,10 @@ impl Target {
                 .unwrap_or_else(|| "postgres".into());
             config.user(&user);
         }
-        if config.get_dbname().is_none() {
-            if let Some(db) = env.var("PGDATABASE") {
-                config.dbname(&db);
-            }
+        if config.get_dbname().is_none()
+            && let Some(db) = env.var("PGDATABASE")
+        {
+            config.dbname(&db);
         }
         if config.get_application_name().is_none() {
             config.application_name("walguard");

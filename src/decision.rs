@@ -250,30 +250,26 @@ pub fn decide(
                 m.entry, policy.position
             )),
             None => {} // already explained by the pg_monitor reason
-            Some(lsn) => {
-                if slowest.as_ref().is_none_or(|s| lsn < s.lsn) {
-                    slowest = Some(Slowest {
-                        entry: m.entry.to_string(),
-                        lsn,
-                    });
-                }
+            Some(lsn) if slowest.as_ref().is_none_or(|s| lsn < s.lsn) => {
+                slowest = Some(Slowest {
+                    entry: m.entry.to_string(),
+                    lsn,
+                });
             }
+            Some(_) => {}
         }
     }
-    if let (Some(s), Some(need)) = (&slowest, need) {
-        if s.lsn < need {
-            reasons.push(format!(
-                "replica {} has {} only up to {}, needs {}",
-                s.entry,
-                if policy.position == Position::Replay {
-                    "replayed"
-                } else {
-                    "flushed"
-                },
-                s.lsn,
-                need
-            ));
-        }
+    if let (Some(s), Some(need)) = (&slowest, need)
+        && s.lsn < need
+    {
+        let verb = match policy.position {
+            Position::Replay => "replayed",
+            Position::Flush => "flushed",
+        };
+        reasons.push(format!(
+            "replica {} has {verb} only up to {}, needs {need}",
+            s.entry, s.lsn
+        ));
     }
 
     Verdict {
