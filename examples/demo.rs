@@ -103,6 +103,7 @@ fn demo(exe: &std::path::Path) -> Result<()> {
     })?;
     show("watchdog.log (last lines)", &log_tail(&c, 2));
     walguard_shown(&c, &["check", &held[0]]);
+    walguard_shown(&c, &["status"]);
     c.query("CHECKPOINT")?;
     show(
         "after a CHECKPOINT, still waiting in pg_wal/archive_status (.ready)",
@@ -145,6 +146,8 @@ fn demo(exe: &std::path::Path) -> Result<()> {
         archived.last().context("empty archive")?,
         c.ready()?.len()
     );
+    walguard_shown(&c, &["status"]);
+    walguard_shown(&c, &["log"]);
     println!(
         "\n=== Cleaning up: stopping the servers and removing {}",
         c.base.display()

@@ -56,4 +56,30 @@ Exit 0: it would be archived now. Exit 1: it would be held. Exit 2: error.")]
         /// WAL file name, e.g. 000000010000000000000003
         wal_name: String,
     },
+    /// Show the replicas, their positions, the WAL waiting to be archived, the archiver and
+    /// the safety valves; exit 0 if archiving flows, 1 if it is held (a monitoring check)
+    #[command(after_help = "\
+Example:
+  walguard --config /etc/walguard/walguard.toml status
+  walguard --config /etc/walguard/walguard.toml status --json | jq .verdict
+
+Run it where PostgreSQL's data directory is readable (set pgdata, or run it in the data
+directory) to see the waiting segments; run it as the postgres user.")]
+    Status {
+        /// Print JSON (a stable schema) instead of tables
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarise the decision log: holds (how long, which replica), valve releases, errors
+    #[command(after_help = "\
+Example:
+  walguard --config /etc/walguard/walguard.toml log
+  walguard log /var/log/walguard/watchdog.log --json")]
+    Log {
+        /// The log to read [default: the configured log_file]
+        file: Option<PathBuf>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }

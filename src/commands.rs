@@ -10,12 +10,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::archive_copy::{self, Stored};
 use crate::cli::{Cli, Command};
 use crate::conninfo::{ProcessEnv, Target};
-use crate::decision::{self, Verdict};
+use crate::decision::{self, Pressure, Verdict};
 use crate::decision_log::{DecisionLog, Level};
-use crate::observation::{self, Observation};
-use crate::replicas;
-use crate::settings::{self, Settings};
-use crate::wal::WalFile;
+use crate::events::{self, Details, Event};
+use crate::observation::{self, Observation, Origin};
+use crate::settings::{self, Settings, Source};
+use crate::wal::{SegmentSize, WalFile};
+use crate::{log_summary, replicas, status, titles};
 
 /// The process exit status; the numbers are part of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub fn describe_error(e: &anyhow::Error) -> String {
 }
 
 /// Adds "what to do" after an error's "what failed: why".
-trait Hint<T> {
+pub trait Hint<T> {
     fn hint(self, what_to_do: &str) -> Result<T>;
 }
 
@@ -104,8 +105,24 @@ impl Run {
 /// slowest one, and the position needed.
 fn verdict_fields(v: &Verdict) -> Vec<(&'static str, String)> {
     let mut fields = Vec::new();
-    if !v.reasons.is_empty() {
+    if let Some(t) = &v.valve {
+        fields.push(("valve", t.valve.to_string()));
+        fields.push((
+            "reason",
+            format!("{}; left behind: {}", t.detail, v.reasons.join("; ")),
+        ));
+        fields.push((
+            "advice",
+            format!(
+                "{} will need this segment from the archive (restore_command) or a new base backup",
+                v.blame.join(", ")
+            ),
+        ));
+    } else if !v.reasons.is_empty() {
         fields.push(("reason", v.reasons.join("; ")));
+    }
+    if !v.blame.is_empty() {
+        fields.push(("blame", v.blame.join(",")));
     }
     if !v.matches.is_empty() {
         let (k, n) = v.replicas_connected();
@@ -126,30 +143,64 @@ fn parse_name(name: &str) -> Result<WalFile> {
         .hint("archive_command must pass %f as the name")
 }
 
-/// Reads the list and asks the server; only needed for segments.
-fn observe(settings: &Settings) -> Result<(Vec<replicas::Entry>, Observation)> {
-    let list =
-        replicas::load(&settings.replicas, settings.resolve).hint("fix the replicas list")?;
-    let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)?;
-    let obs = observation::observe(&target).hint(
-        "the segment stays in pg_wal; check conninfo (or PGHOST, PGPORT, PGUSER), \
-         that the server is up, and that pg_hba.conf lets walguard in",
-    )?;
-    Ok((list, obs))
+/// Asks the server, or the process titles when configured (`source`). `segment_bytes`
+/// is the segment file's size, which is all that tells the segment size without SQL.
+pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observation> {
+    let sql = || -> Result<Observation> {
+        let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)?;
+        Ok(observation::observe(&target)?)
+    };
+    let ps = || -> Result<Observation> {
+        let bytes = segment_bytes.context(
+            "process titles do not tell wal_segment_size, and the segment file was not found",
+        )?;
+        let size = SegmentSize::new(bytes)?;
+        Ok(titles::observe(&settings.pgdata, size)?)
+    };
+    let hint = "the segment stays in pg_wal; check conninfo (or PGHOST, PGPORT, PGUSER), \
+                that the server is up, and that pg_hba.conf lets walguard in";
+    match settings.source {
+        Source::Sql => sql().hint(hint),
+        Source::Ps => {
+            ps().hint("check pgdata: walguard reads its postmaster.pid to find the walsenders")
+        }
+        Source::Auto => sql().or_else(|sql_err| {
+            ps().map_err(|ps_err| {
+                anyhow!(
+                    "{}; the process-title fallback failed too: {}",
+                    describe_error(&sql_err),
+                    describe_error(&ps_err)
+                )
+            })
+        }),
+    }
+}
+
+/// Everything a decision about one file needs, gathered by the adapters.
+struct Gathered {
+    verdict: Verdict,
+    observation: Option<Observation>,
 }
 
 /// The decision for `wal`, observing the server only when the file is a segment.
-/// `size_of` is the file's size when known, cross-checked against the server's.
+/// `file` is the segment file when known: its size is cross-checked against the server's,
+/// and its age is how long the segment has waited (the `max_hold` valve).
 fn decide(
     settings: &Settings,
     wal: &WalFile,
-    size_of: Option<u64>,
-) -> Result<(Verdict, Option<Observation>)> {
+    file: Option<&std::fs::Metadata>,
+) -> Result<Gathered> {
     if !matches!(wal, WalFile::Segment(_)) {
-        return Ok((decision::decide(wal, None, &[], &settings.policy), None));
+        let verdict = decision::decide(wal, None, &Pressure::default(), &[], &settings.policy);
+        return Ok(Gathered {
+            verdict,
+            observation: None,
+        });
     }
-    let (list, obs) = observe(settings)?;
-    if let Some(size) = size_of
+    let list =
+        replicas::load(settings.replicas()?, settings.resolve).hint("fix the replicas list")?;
+    let obs = observe(settings, file.map(|m| m.len()))?;
+    if let Some(size) = file.map(|m| m.len())
         && size != obs.segment_size.bytes()
     {
         bail!(
@@ -158,8 +209,34 @@ fn decide(
             obs.segment_size.bytes()
         );
     }
-    let verdict = decision::decide(wal, Some(&obs), &list, &settings.policy);
-    Ok((verdict, Some(obs)))
+    let pressure = Pressure {
+        pg_wal_space: observation::space(&settings.pgdata.join("pg_wal")).ok(),
+        segment_age: file
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok()),
+    };
+    let verdict = decision::decide(wal, Some(&obs), &pressure, &list, &settings.policy);
+    Ok(Gathered {
+        verdict,
+        observation: Some(obs),
+    })
+}
+
+/// Which `on_event` event this decision is, if any. PostgreSQL's own `last_failed_wal`
+/// tells a first hold from a retry, and a release from an ordinary archive, with no
+/// state file; from process titles it is unknown, so every hold counts as a first one.
+fn event_of(wal: &str, g: &Gathered) -> Option<Event> {
+    let failed_before = g
+        .observation
+        .as_ref()
+        .and_then(|o| o.archiver.as_ref())
+        .map(|a| a.last_failed_wal.as_deref() == Some(wal));
+    match (&g.verdict, failed_before) {
+        (v, _) if v.valve.is_some() => Some(Event::Valve),
+        (v, Some(true)) if v.archive => Some(Event::Released),
+        (v, Some(false) | None) if !v.archive => Some(Event::Held),
+        _ => None,
+    }
 }
 
 fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
@@ -170,30 +247,67 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
     let meta = std::fs::metadata(wal_path)
         .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
         .hint("archive_command must pass %p, relative to the data directory")?;
-    let (verdict, _) = decide(settings, wal, Some(meta.len()))?;
-    let mut fields = verdict_fields(&verdict);
-    if !verdict.archive {
-        run.write(Level::Info, "held", fields);
-        return Ok(Exit::Held);
+    let gathered = decide(settings, wal, Some(&meta))?;
+    let verdict = &gathered.verdict;
+    let mut fields = verdict_fields(verdict);
+    if let Some(obs) = &gathered.observation {
+        fields.push((
+            "source",
+            if obs.origin == Origin::Ps {
+                "ps"
+            } else {
+                "sql"
+            }
+            .to_string(),
+        ));
     }
-    let stored = archive_copy::store(wal_path, archive_dir, &run.wal, settings.timeout)
-        .hint("nothing was archived; PostgreSQL will retry")?;
-    let (decision, bytes) = match stored {
-        Stored::Copied { bytes } => ("archived", bytes),
-        Stored::Exists { bytes } => ("exists", bytes),
+    let (level, decision, exit) = if !verdict.archive {
+        (Level::Info, "held", Exit::Held)
+    } else {
+        let stored = archive_copy::store(wal_path, archive_dir, &run.wal, settings.timeout)
+            .hint("nothing was archived; PostgreSQL will retry")?;
+        let (decision, bytes) = match stored {
+            Stored::Copied { bytes } => ("archived", bytes),
+            Stored::Exists { bytes } => ("exists", bytes),
+        };
+        fields.push(("bytes", bytes.to_string()));
+        match verdict.valve {
+            Some(_) => (Level::Warn, "valve", Exit::Ok),
+            None => (Level::Info, decision, Exit::Ok),
+        }
     };
-    fields.push(("bytes", bytes.to_string()));
-    run.write(Level::Info, decision, fields);
-    Ok(Exit::Ok)
-}
-
-fn pad(out: &mut String, cells: &[&str], widths: &[usize]) {
-    let line: Vec<String> = cells
-        .iter()
-        .zip(widths)
-        .map(|(c, w)| format!("{c:<w$}"))
-        .collect();
-    let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    if let (Some(command), Some(event)) = (&settings.on_event, event_of(&run.wal, &gathered)) {
+        let replicas = if event == Event::Released {
+            verdict
+                .matches
+                .iter()
+                .map(|m| m.entry.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            verdict.blame.join(",")
+        };
+        let reason = fields
+            .iter()
+            .find(|(k, _)| *k == "reason")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        // Leave the watchdog a second: a slow hook must never turn the verdict into an error.
+        let limit = settings
+            .timeout
+            .saturating_sub(run.started.elapsed())
+            .saturating_sub(Duration::from_secs(1));
+        let details = Details {
+            event,
+            wal: &run.wal,
+            replicas: &replicas,
+            reason: &reason,
+        };
+        fields.push(("event", event.as_str().to_string()));
+        fields.push(("hook", events::run_hook(command, &details, limit)));
+    }
+    run.write(level, decision, fields);
+    Ok(exit)
 }
 
 /// The `check` report: what a person needs to see to trust (or fix) the verdict.
@@ -212,12 +326,15 @@ fn explain(
         out.push_str("verdict: ARCHIVE\n");
         return out;
     };
-    let position = settings.policy.position;
+    let position = settings.policy.position.name(obs.origin);
     let _ = writeln!(
         out,
         "{wal}: segment, wal_segment_size {} MiB",
         obs.segment_size.bytes() >> 20
     );
+    if obs.origin == Origin::Ps {
+        out.push_str("positions from walsender process titles (sent, not replayed): the database could not be queried\n");
+    }
     if let Some(need) = verdict.need {
         let _ = writeln!(
             out,
@@ -226,75 +343,25 @@ fn explain(
         );
     }
     out.push('\n');
-    let header = [
-        "REPLICA",
-        "WALSENDER",
-        "STATE",
-        "SENT",
-        "FLUSH",
-        "REPLAY",
-        "",
-    ];
-    let mut rows: Vec<[String; 7]> = Vec::new();
-    let show = |l: Option<crate::wal::Lsn>| l.map_or("-".to_string(), |l| l.to_string());
-    let row = |label: String, w: usize, mark: &str| {
-        let ws = &obs.walsenders[w];
-        [
-            label,
-            ws.describe(),
-            ws.state.clone().unwrap_or_else(|| "(hidden)".into()),
-            show(ws.sent),
-            show(ws.flush),
-            show(ws.replay),
-            mark.to_string(),
-        ]
-    };
-    for m in &verdict.matches {
-        rows.push(match m.walsender {
-            None => [
-                m.entry.to_string(),
-                "not connected".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                "NEEDS IT".into(),
-            ],
-            Some(w) => {
-                let past = match (position.of(&obs.walsenders[w]), verdict.need) {
-                    (Some(at), Some(need)) => at >= need,
-                    _ => false,
-                };
-                row(
-                    m.entry.to_string(),
-                    w,
-                    if past { "past" } else { "NEEDS IT" },
-                )
-            }
-        });
-    }
-    for &w in &verdict.unlisted {
-        let mark = match settings.policy.unlisted {
-            decision::Unlisted::Hold => "UNLISTED",
-            decision::Unlisted::Ignore => "ignored",
-        };
-        rows.push(row("(not in list)".into(), w, mark));
-    }
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    pad(&mut out, &header, &widths);
-    for r in &rows {
-        pad(&mut out, &r.each_ref().map(String::as_str), &widths);
-    }
-    if rows.is_empty() {
-        out.push_str("  (the list is empty and no replica is connected)\n");
-    }
+    out.push_str(&status::replica_table(
+        &status::replica_views(verdict, obs, &settings.policy),
+        false,
+    ));
     out.push('\n');
-    if verdict.archive {
+    if let Some(t) = &verdict.valve {
+        let _ = writeln!(
+            out,
+            "verdict: ARCHIVE ANYWAY: safety valve {}: {}",
+            t.valve, t.detail
+        );
+        let _ = writeln!(
+            out,
+            "  left behind (will need the archive or a new base backup):"
+        );
+        for r in &verdict.reasons {
+            let _ = writeln!(out, "  - {r}");
+        }
+    } else if verdict.archive {
         out.push_str("verdict: ARCHIVE: every listed replica is past this segment\n");
     } else {
         out.push_str("verdict: HOLD\n");
@@ -306,12 +373,15 @@ fn explain(
 }
 
 fn check(settings: &Settings, wal: &WalFile) -> Result<Exit> {
-    // Cross-check the size when the file is in this server's pg_wal.
+    // Cross-check the size, and age the hold, when the file is in this server's pg_wal.
     let in_pg_wal: PathBuf = settings.pgdata.join("pg_wal").join(wal.to_string());
-    let size = std::fs::metadata(&in_pg_wal).ok().map(|m| m.len());
-    let (verdict, obs) = decide(settings, wal, size)?;
-    print!("{}", explain(wal, &verdict, obs.as_ref(), settings));
-    Ok(if verdict.archive {
+    let meta = std::fs::metadata(&in_pg_wal).ok();
+    let g = decide(settings, wal, meta.as_ref())?;
+    print!(
+        "{}",
+        explain(wal, &g.verdict, g.observation.as_ref(), settings)
+    );
+    Ok(if g.verdict.archive {
         Exit::Ok
     } else {
         Exit::Held
@@ -329,20 +399,34 @@ pub fn run(cli: Cli) -> Exit {
         }
     };
     let (cmd, wal_name) = match &cli.command {
-        Command::Archive { wal_name, .. } => ("archive", wal_name),
-        Command::Check { wal_name } => ("check", wal_name),
+        Command::Archive { wal_name, .. } => ("archive", wal_name.as_str()),
+        Command::Check { wal_name } => ("check", wal_name.as_str()),
+        Command::Status { .. } => ("status", ""),
+        Command::Log { .. } => ("log", ""),
     };
     let run = Run {
         log: (cmd == "archive").then(|| DecisionLog::new(settings.log_file.clone())),
         cmd,
-        wal: wal_name.clone(),
+        wal: wal_name.to_string(),
         started: Instant::now(),
     };
-    run.arm_watchdog(settings.timeout);
-    let result = parse_name(wal_name).and_then(|wal| match &cli.command {
-        Command::Archive { wal_path, .. } => archive(&run, &settings, wal_path, &wal),
-        Command::Check { .. } => check(&settings, &wal),
-    });
+    let result = match &cli.command {
+        Command::Archive { wal_path, .. } => {
+            run.arm_watchdog(settings.timeout);
+            parse_name(wal_name).and_then(|wal| archive(&run, &settings, wal_path, &wal))
+        }
+        Command::Check { .. } => {
+            run.arm_watchdog(settings.timeout);
+            parse_name(wal_name).and_then(|wal| check(&settings, &wal))
+        }
+        Command::Status { json } => {
+            run.arm_watchdog(settings.timeout);
+            status::run(&settings, *json)
+        }
+        Command::Log { file, json } => {
+            log_summary::run(file.as_deref().or(settings.log_file.as_deref()), *json)
+        }
+    };
     match result {
         Ok(exit) => exit,
         Err(e) => {

@@ -1,12 +1,15 @@
 //! The decision: may this WAL file leave `pg_wal` for the archive now? A pure function of
-//! what was observed, the replicas list and the policy; DESIGN.md rules 2 to 7.
+//! what was observed, the replicas list and the policy; DESIGN.md rules 2 to 8.
 //! (Rule 1, the name, is settled by parsing a [`WalFile`]; rule 9, an unreachable
-//! database, never gets this far; rule 8, the safety valves, reads a held verdict.)
+//! database, never gets this far.)
 
 use std::fmt;
+use std::time::Duration;
 
-use crate::observation::{Observation, Walsender};
+use crate::observation::{Observation, Origin, Walsender};
+use crate::render::human_bytes;
 use crate::replicas::{Entry, Selector};
+use crate::settings::FreeSpace;
 use crate::wal::{Lsn, WalFile};
 
 /// Which replica position must pass the segment.
@@ -21,10 +24,22 @@ pub enum Position {
 }
 
 impl Position {
-    pub fn of(self, ws: &Walsender) -> Option<Lsn> {
-        match self {
-            Position::Replay => ws.replay,
-            Position::Flush => ws.flush,
+    /// The position of `ws` that counts. Process titles only show the sent position, so
+    /// that is all a ps observation offers.
+    pub fn reported(self, origin: Origin, ws: &Walsender) -> Option<Lsn> {
+        match (origin, self) {
+            (Origin::Ps, _) => ws.sent,
+            (Origin::Sql, Position::Replay) => ws.replay,
+            (Origin::Sql, Position::Flush) => ws.flush,
+        }
+    }
+
+    /// The name of the position that counts, for messages.
+    pub fn name(self, origin: Origin) -> &'static str {
+        match (origin, self) {
+            (Origin::Ps, _) => "sent",
+            (Origin::Sql, Position::Replay) => "replay",
+            (Origin::Sql, Position::Flush) => "flush",
         }
     }
 }
@@ -47,12 +62,108 @@ pub enum Unlisted {
     Ignore,
 }
 
+/// The safety valves (rule 8): when one trips, a held segment is archived anyway.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Valves {
+    pub min_free: FreeSpace,
+    pub max_retained: Option<u64>,
+    pub max_hold: Option<Duration>,
+}
+
+impl Default for Valves {
+    fn default() -> Self {
+        Valves {
+            min_free: FreeSpace::Percent(5.0),
+            max_retained: None,
+            max_hold: None,
+        }
+    }
+}
+
 /// The settings the decision depends on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct Policy {
     pub position: Position,
     pub keep_segments: u64,
     pub unlisted: Unlisted,
+    pub valves: Valves,
+}
+
+/// Space on a file system, from statvfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Space {
+    pub available: u64,
+    pub total: u64,
+}
+
+/// Local facts the valves read: free space where pg_wal lives and how long the segment
+/// has waited (its file's age). `None` where unknown; an unknown fact trips nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub pg_wal_space: Option<Space>,
+    pub segment_age: Option<Duration>,
+}
+
+/// A valve that tripped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tripped {
+    pub valve: &'static str,
+    pub detail: String,
+}
+
+/// The WAL held back for replicas: from the start of `wal` to the primary's position.
+pub fn retained(obs: &Observation, wal: &WalFile) -> Option<u64> {
+    let WalFile::Segment(id) = wal else {
+        return None;
+    };
+    let start = id.start(obs.segment_size).ok()?;
+    Some(obs.current_lsn?.0.saturating_sub(start.0))
+}
+
+/// Rule 8: the first valve that trips, in the order min_free, max_retained, max_hold.
+pub fn check_valves(
+    valves: &Valves,
+    pressure: &Pressure,
+    retained: Option<u64>,
+) -> Option<Tripped> {
+    if let Some(space) = pressure.pg_wal_space {
+        let floor = valves.min_free.bytes(space.total);
+        if floor > 0 && space.available < floor {
+            return Some(Tripped {
+                valve: "min_free",
+                detail: format!(
+                    "pg_wal's file system has {} free, below min_free {}",
+                    human_bytes(space.available),
+                    valves.min_free
+                ),
+            });
+        }
+    }
+    if let (Some(limit), Some(held)) = (valves.max_retained, retained)
+        && held > limit
+    {
+        return Some(Tripped {
+            valve: "max_retained",
+            detail: format!(
+                "{} of WAL held back for replicas, above max_retained {}",
+                human_bytes(held),
+                human_bytes(limit)
+            ),
+        });
+    }
+    if let (Some(limit), Some(age)) = (valves.max_hold, pressure.segment_age)
+        && age > limit
+    {
+        return Some(Tripped {
+            valve: "max_hold",
+            detail: format!(
+                "held for {}, longer than max_hold {}",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(limit)
+            ),
+        });
+    }
+    None
 }
 
 /// A list entry and the walsender it was matched with (index into the observation).
@@ -71,9 +182,15 @@ pub struct Slowest {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
+    /// Archive now (normally, or because a valve tripped).
     pub archive: bool,
-    /// Why it is held (every reason found), or why it was exempt from waiting.
+    /// Why it is held (every reason found), or why it was exempt from waiting. When a
+    /// valve tripped: why it would have been held.
     pub reasons: Vec<String>,
+    /// Who holds it: list entries, or `unlisted:PID`.
+    pub blame: Vec<String>,
+    /// Set when a safety valve overrode a hold.
+    pub valve: Option<Tripped>,
     pub matches: Vec<Match>,
     /// Connected replicas that no list line names (indexes into the observation).
     pub unlisted: Vec<usize>,
@@ -97,6 +214,8 @@ impl Verdict {
         Verdict {
             archive: true,
             reasons: vec![reason],
+            blame: Vec::new(),
+            valve: None,
             matches: Vec::new(),
             unlisted: Vec::new(),
             slowest: None,
@@ -167,6 +286,7 @@ fn assign(list: &[Entry], walsenders: &[Walsender]) -> Vec<Option<usize>> {
 pub fn decide(
     wal: &WalFile,
     observation: Option<&Observation>,
+    pressure: &Pressure,
     list: &[Entry],
     policy: &Policy,
 ) -> Verdict {
@@ -189,6 +309,7 @@ pub fn decide(
         };
     };
     let mut reasons = Vec::new();
+    let mut blame = Vec::new();
 
     // Rule 3: where the segment ends, plus the margin the operator asked for.
     let need = match id.end(obs.segment_size) {
@@ -224,6 +345,7 @@ pub fn decide(
         .collect();
     for m in matches.iter().filter(|m| m.walsender.is_none()) {
         reasons.push(format!("replica {} not connected", m.entry));
+        blame.push(m.entry.to_string());
     }
     let unlisted: Vec<usize> = (0..obs.walsenders.len())
         .filter(|&w| obs.walsenders[w].is_replica() && obs.walsenders[w].state.is_some())
@@ -235,20 +357,25 @@ pub fn decide(
                 "unlisted replica {} is connected: add it to the replicas list (or set unlisted = \"ignore\")",
                 obs.walsenders[w].describe()
             ));
+            blame.push(format!("unlisted:{}", obs.walsenders[w].pid));
         }
     }
 
     // Rules 6 and 7: every matched replica has reported a position, and the slowest is past.
     let mut slowest: Option<Slowest> = None;
+    let noun = policy.position.name(obs.origin);
     for m in &matches {
         let Some(ws) = m.walsender.map(|w| &obs.walsenders[w]) else {
             continue;
         };
-        match policy.position.of(ws) {
-            None if ws.state.is_some() => reasons.push(format!(
-                "replica {} has not reported a {} position yet",
-                m.entry, policy.position
-            )),
+        match policy.position.reported(obs.origin, ws) {
+            None if ws.state.is_some() => {
+                reasons.push(format!(
+                    "replica {} has not reported a {noun} position yet",
+                    m.entry
+                ));
+                blame.push(m.entry.to_string());
+            }
             None => {} // already explained by the pg_monitor reason
             Some(lsn) if slowest.as_ref().is_none_or(|s| lsn < s.lsn) => {
                 slowest = Some(Slowest {
@@ -262,19 +389,30 @@ pub fn decide(
     if let (Some(s), Some(need)) = (&slowest, need)
         && s.lsn < need
     {
-        let verb = match policy.position {
-            Position::Replay => "replayed",
-            Position::Flush => "flushed",
+        let verb = match noun {
+            "replay" => "replayed",
+            "flush" => "flushed",
+            other => other,
         };
         reasons.push(format!(
             "replica {} has {verb} only up to {}, needs {need}",
             s.entry, s.lsn
         ));
+        blame.push(s.entry.clone());
     }
 
+    // Rule 8: a held segment goes anyway when keeping it would endanger the primary.
+    let valve = if reasons.is_empty() {
+        None
+    } else {
+        check_valves(&policy.valves, pressure, retained(obs, wal))
+    };
+    blame.dedup();
     Verdict {
-        archive: reasons.is_empty(),
+        archive: reasons.is_empty() || valve.is_some(),
         reasons,
+        blame,
+        valve,
         matches,
         unlisted,
         slowest,
@@ -309,8 +447,11 @@ mod tests {
 
     fn obs(walsenders: Vec<Walsender>) -> Observation {
         Observation {
+            origin: Origin::Sql,
             segment_size: SegmentSize::new(MIB16).unwrap(),
+            current_lsn: Some(Lsn(0x900_0000)),
             walsenders,
+            archiver: None,
         }
     }
 
@@ -320,7 +461,13 @@ mod tests {
     }
 
     fn decide_list(list: &str, o: &Observation, policy: Policy) -> Verdict {
-        decide(&seg3(), Some(o), &parse(list, "l").unwrap(), &policy)
+        decide(
+            &seg3(),
+            Some(o),
+            &Pressure::default(),
+            &parse(list, "l").unwrap(),
+            &policy,
+        )
     }
 
     #[test]
@@ -543,12 +690,13 @@ mod tests {
             let v = decide(
                 &name.parse().unwrap(),
                 None,
+                &Pressure::default(),
                 &parse("app:r1", "l").unwrap(),
                 &Policy::default(),
             );
             assert!(v.archive, "{name}");
         }
-        let v = decide(&seg3(), None, &[], &Policy::default());
+        let v = decide(&seg3(), None, &Pressure::default(), &[], &Policy::default());
         assert!(!v.archive);
     }
 
@@ -568,10 +716,195 @@ mod tests {
     #[test]
     fn segment_impossible_for_size_holds() {
         let bad: WalFile = "000000010000000000000100".parse().unwrap();
-        let v = decide(&bad, Some(&obs(vec![])), &[], &Policy::default());
+        let v = decide(
+            &bad,
+            Some(&obs(vec![])),
+            &Pressure::default(),
+            &[],
+            &Policy::default(),
+        );
         assert!(!v.archive);
         assert!(
             v.reasons[0].contains("does not exist with wal_segment_size"),
+            "{:?}",
+            v.reasons
+        );
+    }
+
+    #[test]
+    fn valves_override_a_hold_and_only_a_hold() {
+        let end = 0x400_0000;
+        let held = obs(vec![
+            ws(1, "r1", None, Some(end)),
+            ws(2, "r2", None, Some(0)),
+        ]);
+        let space = |available| {
+            Some(Space {
+                available,
+                total: 1000,
+            })
+        };
+        let gib = 1u64 << 30;
+        // (case, valves, pressure, archive?, tripped valve)
+        let cases: Vec<(&str, Valves, Pressure, bool, Option<&str>)> = vec![
+            (
+                "no pressure",
+                Valves::default(),
+                Pressure::default(),
+                false,
+                None,
+            ),
+            (
+                "plenty of space",
+                Valves::default(),
+                Pressure {
+                    pg_wal_space: space(51),
+                    ..Pressure::default()
+                },
+                false,
+                None,
+            ),
+            (
+                "below 5%",
+                Valves::default(),
+                Pressure {
+                    pg_wal_space: space(49),
+                    ..Pressure::default()
+                },
+                true,
+                Some("min_free"),
+            ),
+            (
+                "min_free 0 disables",
+                Valves {
+                    min_free: FreeSpace::Size(crate::settings::Bytes(0)),
+                    ..Valves::default()
+                },
+                Pressure {
+                    pg_wal_space: space(0),
+                    ..Pressure::default()
+                },
+                false,
+                None,
+            ),
+            (
+                "absolute floor",
+                Valves {
+                    min_free: FreeSpace::Size(crate::settings::Bytes(2 * gib)),
+                    ..Valves::default()
+                },
+                Pressure {
+                    pg_wal_space: Some(Space {
+                        available: gib,
+                        total: 100 * gib,
+                    }),
+                    ..Pressure::default()
+                },
+                true,
+                Some("min_free"),
+            ),
+            // 0/9000000 - 0/3000000 = 96 MiB retained
+            (
+                "retained over",
+                Valves {
+                    max_retained: Some(95 << 20),
+                    ..Valves::default()
+                },
+                Pressure::default(),
+                true,
+                Some("max_retained"),
+            ),
+            (
+                "retained under",
+                Valves {
+                    max_retained: Some(96 << 20),
+                    ..Valves::default()
+                },
+                Pressure::default(),
+                false,
+                None,
+            ),
+            (
+                "held too long",
+                Valves {
+                    max_hold: Some(Duration::from_secs(60)),
+                    ..Valves::default()
+                },
+                Pressure {
+                    segment_age: Some(Duration::from_secs(61)),
+                    ..Pressure::default()
+                },
+                true,
+                Some("max_hold"),
+            ),
+            (
+                "not yet too long",
+                Valves {
+                    max_hold: Some(Duration::from_secs(60)),
+                    ..Valves::default()
+                },
+                Pressure {
+                    segment_age: Some(Duration::from_secs(59)),
+                    ..Pressure::default()
+                },
+                false,
+                None,
+            ),
+        ];
+        for (name, valves, pressure, archive, tripped) in cases {
+            let policy = Policy {
+                valves,
+                ..Policy::default()
+            };
+            let v = decide(
+                &seg3(),
+                Some(&held),
+                &pressure,
+                &parse("app:r1\napp:r2", "l").unwrap(),
+                &policy,
+            );
+            assert_eq!(v.archive, archive, "{name}");
+            assert_eq!(v.valve.as_ref().map(|t| t.valve), tripped, "{name}");
+            assert_eq!(
+                v.blame,
+                vec!["app:r2".to_string()],
+                "{name}: the replica left behind is named"
+            );
+        }
+        // A segment that may go anyway never trips a valve.
+        let fine = obs(vec![
+            ws(1, "r1", None, Some(end)),
+            ws(2, "r2", None, Some(end)),
+        ]);
+        let pressure = Pressure {
+            pg_wal_space: space(0),
+            ..Pressure::default()
+        };
+        let v = decide(
+            &seg3(),
+            Some(&fine),
+            &pressure,
+            &parse("app:r1\napp:r2", "l").unwrap(),
+            &Policy::default(),
+        );
+        assert!(v.archive && v.valve.is_none());
+    }
+
+    #[test]
+    fn process_titles_decide_by_the_sent_position() {
+        let mut w = ws(1, "", Some("10.0.0.5"), None);
+        w.sent = Some(Lsn(0x400_0000));
+        let o = Observation {
+            origin: Origin::Ps,
+            ..obs(vec![w])
+        };
+        let v = decide_list("10.0.0.5", &o, Policy::default());
+        assert!(v.archive, "{:?}", v.reasons);
+        let mut behind = o.clone();
+        behind.walsenders[0].sent = Some(Lsn(0x3FF_FFFF));
+        let v = decide_list("10.0.0.5", &behind, Policy::default());
+        assert!(
+            v.reasons[0].contains("has sent only up to 0/3FFFFFF"),
             "{:?}",
             v.reasons
         );
@@ -591,9 +924,9 @@ mod tests {
             let walsenders: Vec<_> = positions.iter().enumerate()
                 .map(|(i, p)| ws(i as i32, &format!("r{i}"), None, Some(*p))).collect();
             let list: String = (0..positions.len()).map(|i| format!("app:r{i}\n")).collect();
-            let o = Observation { segment_size: size, walsenders };
+            let o = Observation { segment_size: size, walsenders, ..obs(vec![]) };
             let policy = Policy { keep_segments: keep, ..Policy::default() };
-            let v = decide(&WalFile::Segment(id), Some(&o), &parse(&list, "l").unwrap(), &policy);
+            let v = decide(&WalFile::Segment(id), Some(&o), &Pressure::default(), &parse(&list, "l").unwrap(), &policy);
             let need = id.end(size).unwrap().0 + keep * size.bytes();
             prop_assert_eq!(v.archive, positions.iter().all(|p| *p >= need));
             prop_assert_eq!(v.need, Some(Lsn(need)));

@@ -11,9 +11,14 @@ pub mod commands;
 pub mod conninfo;
 pub mod decision;
 pub mod decision_log;
+pub mod events;
+pub mod log_summary;
 pub mod observation;
+pub mod render;
 pub mod replicas;
 pub mod settings;
+pub mod status;
+pub mod titles;
 pub mod wal;
 
 use std::process::ExitCode;

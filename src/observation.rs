@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use thiserror::Error;
 
 use crate::conninfo::Target;
+use crate::decision::Space;
 use crate::wal::{Lsn, SegmentSize};
 
 /// One row of `pg_stat_replication`, as far as the decision needs it.
@@ -52,11 +53,36 @@ impl Walsender {
     }
 }
 
+/// Where an observation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `pg_stat_replication`: write, flush and replay positions.
+    Sql,
+    /// walsender process titles: only the *sent* position, no application_name.
+    Ps,
+}
+
+/// `pg_stat_archiver`: what PostgreSQL's archiver did last.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Archiver {
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+    pub failed_count: u64,
+}
+
 /// Everything the decision needs from the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
+    pub origin: Origin,
     pub segment_size: SegmentSize,
+    /// The primary's current write position (NULL on a standby; unknown from ps).
+    pub current_lsn: Option<Lsn>,
     pub walsenders: Vec<Walsender>,
+    /// Unknown from ps.
+    pub archiver: Option<Archiver>,
 }
 
 #[derive(Debug, Error)]
@@ -75,58 +101,85 @@ pub enum ObserveError {
     Unexpected { what: &'static str, value: String },
 }
 
-/// One statement, so one round trip with the simple protocol. The positions go through
-/// `to_jsonb` so that both PostgreSQL 10+ (`*_lsn`) and 9.x (`*_location`) answer it.
-/// `wal_segment_size` is in bytes from PostgreSQL 11, in 8 kB blocks before.
+/// Two statements sent as one simple query: one round trip. The positions go through
+/// `to_jsonb` so that both PostgreSQL 10+ (`*_lsn`) and 9.x (`*_location`) column names
+/// answer; `wal_segment_size` is in bytes from PostgreSQL 11, in 8 kB blocks before.
 const QUERY: &str = "\
-SELECT ws.bytes, r.* FROM (
-  SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 WHEN '8kB' THEN 8192
-                                     WHEN 'MB' THEN 1048576 END AS bytes
-  FROM pg_settings WHERE name = 'wal_segment_size') ws
-LEFT JOIN LATERAL (
-  SELECT r.pid, r.usename, r.application_name, host(r.client_addr), r.client_hostname, r.state,
-         coalesce(j->>'sent_lsn', j->>'sent_location'),
-         coalesce(j->>'write_lsn', j->>'write_location'),
-         coalesce(j->>'flush_lsn', j->>'flush_location'),
-         coalesce(j->>'replay_lsn', j->>'replay_location'),
-         EXISTS (SELECT 1 FROM pg_replication_slots s
-                 WHERE s.active_pid = r.pid AND s.slot_type = 'logical')
-  FROM pg_stat_replication r, to_jsonb(r) j ORDER BY r.pid) r ON true";
+SELECT (SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 WHEN '8kB' THEN 8192
+                                             WHEN 'MB' THEN 1048576 END
+        FROM pg_settings WHERE name = 'wal_segment_size'),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END,
+       a.last_archived_wal, a.last_archived_time, a.last_failed_wal, a.last_failed_time, a.failed_count
+FROM pg_stat_archiver a;
+SELECT r.pid, r.usename, r.application_name, host(r.client_addr), r.client_hostname, r.state,
+       coalesce(j->>'sent_lsn', j->>'sent_location'),
+       coalesce(j->>'write_lsn', j->>'write_location'),
+       coalesce(j->>'flush_lsn', j->>'flush_location'),
+       coalesce(j->>'replay_lsn', j->>'replay_location'),
+       EXISTS (SELECT 1 FROM pg_replication_slots s
+               WHERE s.active_pid = r.pid AND s.slot_type = 'logical')
+FROM pg_stat_replication r, to_jsonb(r) j ORDER BY r.pid";
 
-fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Option<Walsender>, ObserveError> {
-    let text = |i: usize| row.get(i).map(str::to_string);
-    let Some(pid) = row.get(1) else {
-        return Ok(None); // no walsender: the LEFT JOIN's one empty row
-    };
-    let unexpected = |what: &'static str, value: &str| ObserveError::Unexpected {
+fn unexpected(what: &'static str, value: &str) -> ObserveError {
+    ObserveError::Unexpected {
         what,
         value: value.to_string(),
+    }
+}
+
+fn lsn_at(
+    row: &postgres::SimpleQueryRow,
+    i: usize,
+    what: &'static str,
+) -> Result<Option<Lsn>, ObserveError> {
+    row.get(i)
+        .map(|v| v.parse::<Lsn>().map_err(|_| unexpected(what, v)))
+        .transpose()
+}
+
+fn parse_server_row(
+    row: &postgres::SimpleQueryRow,
+) -> Result<(SegmentSize, Option<Lsn>, Archiver), ObserveError> {
+    let bytes = row.get(0).unwrap_or("");
+    let size = bytes
+        .parse::<u64>()
+        .ok()
+        .and_then(|b| SegmentSize::new(b).ok())
+        .ok_or_else(|| unexpected("wal_segment_size", bytes))?;
+    let text = |i: usize| row.get(i).map(str::to_string);
+    let archiver = Archiver {
+        last_archived_wal: text(2),
+        last_archived_time: text(3),
+        last_failed_wal: text(4),
+        last_failed_time: text(5),
+        failed_count: row.get(6).and_then(|v| v.parse().ok()).unwrap_or(0),
     };
-    let lsn = |i: usize, what: &'static str| {
-        row.get(i)
-            .map(|v| v.parse::<Lsn>().map_err(|_| unexpected(what, v)))
-            .transpose()
-    };
-    Ok(Some(Walsender {
+    Ok((size, lsn_at(row, 1, "pg_current_wal_lsn")?, archiver))
+}
+
+fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Walsender, ObserveError> {
+    let text = |i: usize| row.get(i).map(str::to_string);
+    let pid = row.get(0).unwrap_or("");
+    Ok(Walsender {
         pid: pid.parse().map_err(|_| unexpected("pid", pid))?,
-        user: text(2),
-        application_name: text(3).unwrap_or_default(),
+        user: text(1),
+        application_name: text(2).unwrap_or_default(),
         client_addr: row
-            .get(4)
+            .get(3)
             .map(|v| {
                 v.parse::<IpAddr>()
                     .map(|a| a.to_canonical())
                     .map_err(|_| unexpected("client_addr", v))
             })
             .transpose()?,
-        client_hostname: text(5),
-        state: text(6),
-        sent: lsn(7, "sent_lsn")?,
-        write: lsn(8, "write_lsn")?,
-        flush: lsn(9, "flush_lsn")?,
-        replay: lsn(10, "replay_lsn")?,
-        logical: row.get(11) == Some("t"),
-    }))
+        client_hostname: text(4),
+        state: text(5),
+        sent: lsn_at(row, 6, "sent_lsn")?,
+        write: lsn_at(row, 7, "write_lsn")?,
+        flush: lsn_at(row, 8, "flush_lsn")?,
+        replay: lsn_at(row, 9, "replay_lsn")?,
+        logical: row.get(10) == Some("t"),
+    })
 }
 
 /// Connects once, reads everything, disconnects.
@@ -146,31 +199,49 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
             target: described,
             source,
         })?;
-    let mut segment_size = None;
+    // Rows of the first statement come before its CommandComplete, then the second's.
+    let mut statement = 0;
+    let mut server = None;
     let mut walsenders = Vec::new();
     for message in &messages {
-        if let postgres::SimpleQueryMessage::Row(row) = message {
-            let bytes = row.get(0).unwrap_or("");
-            let size = bytes
-                .parse::<u64>()
-                .ok()
-                .and_then(|b| SegmentSize::new(b).ok())
-                .ok_or_else(|| ObserveError::Unexpected {
-                    what: "wal_segment_size",
-                    value: bytes.to_string(),
-                })?;
-            segment_size = Some(size);
-            walsenders.extend(parse_row(row)?);
+        match message {
+            postgres::SimpleQueryMessage::CommandComplete(_) => statement += 1,
+            postgres::SimpleQueryMessage::Row(row) if statement == 0 => {
+                server = Some(parse_server_row(row)?)
+            }
+            postgres::SimpleQueryMessage::Row(row) => walsenders.push(parse_row(row)?),
+            _ => {}
         }
     }
-    let segment_size = segment_size.ok_or(ObserveError::Unexpected {
-        what: "wal_segment_size",
-        value: "no row".to_string(),
-    })?;
+    let (segment_size, current_lsn, archiver) =
+        server.ok_or_else(|| unexpected("pg_stat_archiver", "no row"))?;
     // Closing politely spares the server a "connection reset" line in its log.
     let _ = client.close();
     Ok(Observation {
+        origin: Origin::Sql,
         segment_size,
+        current_lsn,
         walsenders,
+        archiver: Some(archiver),
+    })
+}
+
+/// Free and total space of the file system holding `path` (statvfs: network file systems
+/// included).
+pub fn space(path: &std::path::Path) -> std::io::Result<Space> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: c_path is NUL-terminated; st is written by statvfs before we read it.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so st is initialised.
+    let st = unsafe { st.assume_init() };
+    let frsize = u64::from(st.f_frsize);
+    Ok(Space {
+        available: u64::from(st.f_bavail) * frsize,
+        total: u64::from(st.f_blocks) * frsize,
     })
 }

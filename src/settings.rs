@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::decision::{Policy, Position, Unlisted};
+use crate::decision::{Policy, Position, Unlisted, Valves};
 
 /// A duration written the human way: `30s`, `6h`, `1m 30s`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +30,104 @@ impl<'de> Deserialize<'de> for Span {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// A size in bytes, written like PostgreSQL's settings: `4GiB`, `512MB`, `1024` (units are
+/// powers of 1024, as in postgresql.conf; `kB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`, `TB`/`TiB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl FromStr for Bytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "kB" | "KB" | "KiB" => 10,
+            "MB" | "MiB" => 20,
+            "GB" | "GiB" => 30,
+            "TB" | "TiB" => 40,
+            _ => return Err(format!("{s:?} is not a size like \"512MiB\" or \"50GiB\"")),
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .map(Bytes)
+            .ok_or_else(|| format!("{s:?} is not a size like \"512MiB\" or \"50GiB\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The `min_free` valve: free space on pg_wal's file system, as a share or a size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FreeSpace {
+    Percent(f64),
+    Size(Bytes),
+}
+
+impl FreeSpace {
+    /// The threshold in bytes on a file system of `total` bytes; 0 means disabled.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            FreeSpace::Percent(p) => (total as f64 * p / 100.0) as u64,
+            FreeSpace::Size(b) => b.0,
+        }
+    }
+}
+
+impl std::fmt::Display for FreeSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreeSpace::Percent(p) => write!(f, "{p}%"),
+            FreeSpace::Size(b) => write!(f, "{}", crate::render::human_bytes(b.0)),
+        }
+    }
+}
+
+impl FromStr for FreeSpace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Ok(FreeSpace::Percent(p)),
+                _ => Err(format!("{s:?} is not a percentage from 0% to 100%")),
+            },
+            None => s.parse().map(FreeSpace::Size),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeSpace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where replica positions come from.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// pg_stat_replication only (replay positions).
+    #[default]
+    Sql,
+    /// walsender process titles only (sent positions; no database connection).
+    Ps,
+    /// SQL, and process titles when the database cannot be queried.
+    Auto,
 }
 
 /// Every setting, each optional, as read from any one source.
@@ -82,6 +180,43 @@ pub struct Layer {
     /// The data directory, to find pg_wal [default: the working directory]
     #[arg(long, global = true, env = "WALGUARD_PGDATA", value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+
+    /// Safety valve: archive anyway when pg_wal's file system has less free space than
+    /// this ("10%" or "4GiB"; "0" disables) [default: 5%]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_MIN_FREE",
+        value_name = "SIZE|PERCENT"
+    )]
+    pub min_free: Option<FreeSpace>,
+
+    /// Safety valve: archive anyway when the WAL held back for replicas exceeds this ("50GiB")
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_MAX_RETAINED",
+        value_name = "SIZE"
+    )]
+    pub max_retained: Option<Bytes>,
+
+    /// Safety valve: archive anyway when a segment has been held longer than this ("6h")
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_MAX_HOLD",
+        value_name = "DURATION"
+    )]
+    pub max_hold: Option<Span>,
+
+    /// Shell command run on held, released and valve events; details in WALGUARD_EVENT,
+    /// WALGUARD_WAL, WALGUARD_REPLICAS, WALGUARD_REASON
+    #[arg(long, global = true, env = "WALGUARD_ON_EVENT", value_name = "COMMAND")]
+    pub on_event: Option<String>,
+
+    /// Where replica positions come from [default: sql]
+    #[arg(long, global = true, env = "WALGUARD_SOURCE", value_enum)]
+    pub source: Option<Source>,
 }
 
 impl Layer {
@@ -98,6 +233,11 @@ impl Layer {
             resolve: self.resolve.or(lower.resolve),
             timeout: self.timeout.or(lower.timeout),
             pgdata: self.pgdata.or(lower.pgdata),
+            min_free: self.min_free.or(lower.min_free),
+            max_retained: self.max_retained.or(lower.max_retained),
+            max_hold: self.max_hold.or(lower.max_hold),
+            on_event: self.on_event.or(lower.on_event),
+            source: self.source.or(lower.source),
         }
     }
 }
@@ -106,13 +246,15 @@ impl Layer {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub archive_dir: Option<PathBuf>,
-    pub replicas: PathBuf,
+    replicas: Option<PathBuf>,
     pub conninfo: Option<String>,
     pub log_file: Option<PathBuf>,
     pub policy: Policy,
     pub resolve: bool,
     pub timeout: Duration,
     pub pgdata: PathBuf,
+    pub on_event: Option<String>,
+    pub source: Source,
 }
 
 #[derive(Debug, Error)]
@@ -130,6 +272,13 @@ pub enum SettingsError {
     NoReplicas,
     #[error("timeout must be more than zero")]
     ZeroTimeout,
+}
+
+impl Settings {
+    /// The replicas list, which every command but `log` needs.
+    pub fn replicas(&self) -> Result<&Path, SettingsError> {
+        self.replicas.as_deref().ok_or(SettingsError::NoReplicas)
+    }
 }
 
 /// Reads the config file (if any) and lays the command line and environment over it.
@@ -155,17 +304,24 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     }
     Ok(Settings {
         archive_dir: merged.archive_dir,
-        replicas: merged.replicas.ok_or(SettingsError::NoReplicas)?,
+        replicas: merged.replicas,
         conninfo: merged.conninfo,
         log_file: merged.log_file,
         policy: Policy {
             position: merged.position.unwrap_or_default(),
             keep_segments: merged.keep_segments.unwrap_or(0),
             unlisted: merged.unlisted.unwrap_or_default(),
+            valves: Valves {
+                min_free: merged.min_free.unwrap_or(FreeSpace::Percent(5.0)),
+                max_retained: merged.max_retained.map(|b| b.0),
+                max_hold: merged.max_hold.map(|s| s.0),
+            },
         },
         resolve: merged.resolve.unwrap_or(true),
         timeout,
         pgdata: merged.pgdata.unwrap_or_else(|| PathBuf::from(".")),
+        on_event: merged.on_event,
+        source: merged.source.unwrap_or_default(),
     })
 }
 
@@ -198,7 +354,8 @@ mod tests {
             Policy {
                 position: Position::Flush,
                 keep_segments: 2,
-                unlisted: Unlisted::Ignore
+                unlisted: Unlisted::Ignore,
+                valves: Valves::default(),
             }
         );
         assert!(!s.resolve);
@@ -207,9 +364,54 @@ mod tests {
 
         let d = with_file("replicas = \"/r\"", Layer::default()).unwrap();
         assert_eq!(d.policy, Policy::default());
+        assert_eq!(d.policy.valves.min_free, FreeSpace::Percent(5.0));
+        assert_eq!(d.source, Source::Sql);
         assert!(d.resolve);
         assert_eq!(d.timeout, Duration::from_secs(30));
         assert_eq!(d.log_file, None);
+    }
+
+    #[test]
+    fn sizes_and_shares() {
+        let sizes = [
+            ("0", Some(0)),
+            ("1024", Some(1024)),
+            ("4GiB", Some(4 << 30)),
+            ("512MB", Some(512 << 20)),
+            ("16 kB", Some(16 << 10)),
+            ("1TiB", Some(1 << 40)),
+            ("1.5GB", None),
+            ("GB", None),
+            ("-1MB", None),
+            ("1PB", None),
+            ("99999999999TB", None),
+        ];
+        for (text, want) in sizes {
+            assert_eq!(text.parse::<Bytes>().ok().map(|b| b.0), want, "{text}");
+        }
+        assert_eq!("10%".parse::<FreeSpace>(), Ok(FreeSpace::Percent(10.0)));
+        assert_eq!("2.5 %".parse::<FreeSpace>(), Ok(FreeSpace::Percent(2.5)));
+        assert!("101%".parse::<FreeSpace>().is_err());
+        assert_eq!(
+            "4GiB".parse::<FreeSpace>(),
+            Ok(FreeSpace::Size(Bytes(4 << 30)))
+        );
+        assert_eq!(FreeSpace::Percent(10.0).bytes(1000), 100);
+        let s = with_file(
+            "replicas = \"/r\"\nmin_free = \"0\"\nmax_retained = \"50GiB\"\nmax_hold = \"6h\"\non_event = \"logger x\"\nsource = \"auto\"",
+            Layer::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.policy.valves,
+            Valves {
+                min_free: FreeSpace::Size(Bytes(0)),
+                max_retained: Some(50 << 30),
+                max_hold: Some(Duration::from_secs(6 * 3600))
+            }
+        );
+        assert_eq!(s.on_event.as_deref(), Some("logger x"));
+        assert_eq!(s.source, Source::Auto);
     }
 
     #[test]
@@ -224,7 +426,7 @@ mod tests {
             cli,
         )
         .unwrap();
-        assert_eq!(s.replicas, Path::new("/cli"));
+        assert_eq!(s.replicas().unwrap(), Path::new("/cli"));
         assert_eq!(s.policy.keep_segments, 5);
         assert_eq!(s.conninfo.as_deref(), Some("port=1"));
     }
@@ -239,9 +441,15 @@ mod tests {
             ("replicas = ", "config file"),
             ("archive_dir = \"/a\"", "no replicas list"),
             ("replicas = \"/r\"\ntimeout = \"0s\"", "more than zero"),
+            ("replicas = \"/r\"\nmin_free = \"lots\"", "min_free"),
+            ("replicas = \"/r\"\nmax_retained = \"50%\"", "not a size"),
+            ("replicas = \"/r\"\nsource = \"proc\"", "source"),
         ];
         for (text, needle) in cases {
-            let err = with_file(text, Layer::default()).unwrap_err().to_string();
+            let err = match with_file(text, Layer::default()) {
+                Err(e) => e.to_string(),
+                Ok(s) => s.replicas().unwrap_err().to_string(),
+            };
             assert!(err.contains(needle), "{text:?} -> {err}");
         }
     }

@@ -161,17 +161,7 @@ impl Cluster {
         cluster.chown(&cluster.archive)?;
         let list: String = (1..=opts.replicas).map(|i| format!("app:r{i}\n")).collect();
         cluster.write_list(&list)?;
-        fs::write(
-            &cluster.config,
-            format!(
-                "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"{}\"\ntimeout = \"10s\"\n{}",
-                cluster.archive.display(),
-                cluster.list.display(),
-                cluster.log.display(),
-                cluster.conninfo(),
-                opts.extra_config
-            ),
-        )?;
+        cluster.write_config(&opts.extra_config)?;
 
         let data = cluster.primary.data.clone();
         cluster.pg(
@@ -326,6 +316,18 @@ impl Cluster {
 
     pub fn start_node(&self, node: &Node) -> Result<()> {
         self.pg_ctl(node, "start")
+    }
+
+    /// Rewrites walguard.toml: the harness's settings plus `extra` lines.
+    pub fn write_config(&self, extra: &str) -> Result<()> {
+        let text = format!(
+            "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"{}\"\ntimeout = \"10s\"\n{extra}",
+            self.archive.display(),
+            self.list.display(),
+            self.log.display(),
+            self.conninfo(),
+        );
+        fs::write(&self.config, text).context("writing walguard.toml")
     }
 
     pub fn write_list(&self, text: &str) -> Result<()> {

@@ -1,0 +1,497 @@
+//! `walguard log`: what the decision log says, summarised. Streams the file line by line
+//! (a million lines is a normal month), keeping only the holds still open and the totals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+
+use crate::commands::{Exit, Hint};
+use crate::render::table;
+
+/// Splits one logfmt line into key/value pairs; `None` if it is not logfmt.
+pub fn parse_logfmt(line: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = line.trim_end().chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return (!pairs.is_empty()).then_some(pairs);
+        }
+        let mut key = String::new();
+        loop {
+            match chars.next()? {
+                '=' => break,
+                c if c.is_whitespace() || c == '"' => return None,
+                c => key.push(c),
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => match chars.next()? {
+                        'n' => value.push('\n'),
+                        'u' => {
+                            // \u{hex}
+                            if chars.next()? != '{' {
+                                return None;
+                            }
+                            let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                            value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                        }
+                        c => value.push(c),
+                    },
+                    c => value.push(c),
+                }
+            }
+            if !matches!(chars.peek(), None | Some(' ')) {
+                return None;
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Hold {
+    pub wal: String,
+    pub first_held: String,
+    /// When it left pg_wal; `None` while still held.
+    pub released: Option<String>,
+    /// How it left: `archived`, `exists` or `valve`.
+    pub released_by: Option<String>,
+    pub seconds: u64,
+    pub blame: Vec<String>,
+    pub attempts: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ReplicaTotals {
+    pub holds: u64,
+    pub longest_seconds: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub lines: u64,
+    pub unparsable: u64,
+    /// Count of lines per decision (`archived`, `exists`, `held`, `valve`, `error`).
+    pub decisions: BTreeMap<String, u64>,
+    /// Segments that were held and have since left pg_wal.
+    pub holds_completed: u64,
+    pub hold_seconds_total: u64,
+    /// The longest holds, longest first (at most 10).
+    pub longest_holds: Vec<Hold>,
+    /// Segments held now (as of the last line), oldest first.
+    pub open_holds: Vec<Hold>,
+    /// Valve releases per valve.
+    pub valves: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub per_replica: BTreeMap<String, ReplicaTotals>,
+    /// `flowing`, `held` or `unknown` (no decision yet).
+    pub state: String,
+    pub last_decision: Option<String>,
+}
+
+struct Open {
+    first: SystemTime,
+    first_text: String,
+    blame: Vec<String>,
+    attempts: u64,
+}
+
+const KEEP_LONGEST: usize = 10;
+
+/// Builds the summary from any line source; `now` only ages the holds still open.
+pub fn summarise(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    now: SystemTime,
+) -> std::io::Result<Summary> {
+    let mut s = Summary::default();
+    let mut open: HashMap<String, Open> = HashMap::new();
+    let mut last: Option<(String, String, String)> = None;
+    for line in lines {
+        let line = line?;
+        s.lines += 1;
+        let Some(pairs) = parse_logfmt(&line) else {
+            s.unparsable += 1;
+            continue;
+        };
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let (Some(ts_text), Some(decision)) = (get("ts"), get("decision")) else {
+            s.unparsable += 1;
+            continue;
+        };
+        let Ok(ts) = humantime::parse_rfc3339_weak(ts_text) else {
+            s.unparsable += 1;
+            continue;
+        };
+        if get("cmd").is_some_and(|c| c != "archive") {
+            continue;
+        }
+        let wal = get("wal").unwrap_or("").to_string();
+        *s.decisions.entry(decision.to_string()).or_default() += 1;
+        let blame: Vec<String> = get("blame")
+            .map(|b| {
+                b.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        match decision {
+            "held" => {
+                let o = open.entry(wal.clone()).or_insert_with(|| Open {
+                    first: ts,
+                    first_text: ts_text.to_string(),
+                    blame: Vec::new(),
+                    attempts: 0,
+                });
+                o.attempts += 1;
+                for b in blame {
+                    if !o.blame.contains(&b) {
+                        o.blame.push(b);
+                    }
+                }
+            }
+            "archived" | "exists" | "valve" => {
+                if decision == "valve" {
+                    *s.valves
+                        .entry(get("valve").unwrap_or("?").to_string())
+                        .or_default() += 1;
+                }
+                if let Some(o) = open.remove(&wal) {
+                    let seconds = ts
+                        .duration_since(o.first)
+                        .unwrap_or(Duration::ZERO)
+                        .as_secs();
+                    s.holds_completed += 1;
+                    s.hold_seconds_total += seconds;
+                    for b in &o.blame {
+                        let t = s.per_replica.entry(b.clone()).or_default();
+                        t.holds += 1;
+                        t.longest_seconds = t.longest_seconds.max(seconds);
+                    }
+                    let hold = Hold {
+                        wal: wal.clone(),
+                        first_held: o.first_text,
+                        released: Some(ts_text.to_string()),
+                        released_by: Some(decision.to_string()),
+                        seconds,
+                        blame: o.blame,
+                        attempts: o.attempts,
+                    };
+                    let at = s.longest_holds.partition_point(|h| h.seconds >= seconds);
+                    if at < KEEP_LONGEST {
+                        s.longest_holds.insert(at, hold);
+                        s.longest_holds.truncate(KEEP_LONGEST);
+                    }
+                }
+            }
+            "error" => {
+                s.errors += 1;
+                s.last_error = Some(format!("{ts_text} {wal}: {}", get("reason").unwrap_or("")));
+            }
+            _ => {}
+        }
+        last = Some((decision.to_string(), wal, ts_text.to_string()));
+    }
+    let mut still: Vec<Hold> = open
+        .into_iter()
+        .map(|(wal, o)| Hold {
+            seconds: now
+                .duration_since(o.first)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+            wal,
+            first_held: o.first_text,
+            released: None,
+            released_by: None,
+            blame: o.blame,
+            attempts: o.attempts,
+        })
+        .collect();
+    still.sort_by(|a, b| a.wal.cmp(&b.wal));
+    s.open_holds = still;
+    s.state = match (&last, s.open_holds.is_empty()) {
+        (None, _) => "unknown",
+        (Some(_), false) => "held",
+        (Some(_), true) => "flowing",
+    }
+    .to_string();
+    s.last_decision = last.map(|(d, wal, ts)| format!("{ts} {wal} {d}"));
+    Ok(s)
+}
+
+fn secs(n: u64) -> String {
+    humantime::format_duration(Duration::from_secs(n)).to_string()
+}
+
+pub fn render(file: &str, s: &Summary) -> String {
+    let mut out = String::new();
+    let decisions: Vec<String> = s
+        .decisions
+        .iter()
+        .map(|(d, n)| format!("{n} {d}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{file}: {} lines, {} unparsable",
+        s.lines, s.unparsable
+    );
+    let _ = writeln!(
+        out,
+        "decisions: {}",
+        if decisions.is_empty() {
+            "none".into()
+        } else {
+            decisions.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "segments held and since released: {}, {} in all",
+        s.holds_completed,
+        secs(s.hold_seconds_total)
+    );
+    let hold_rows = |holds: &[Hold]| -> Vec<Vec<String>> {
+        holds
+            .iter()
+            .map(|h| {
+                vec![
+                    h.wal.clone(),
+                    secs(h.seconds),
+                    if h.blame.is_empty() {
+                        "-".into()
+                    } else {
+                        h.blame.join(",")
+                    },
+                    h.first_held.clone(),
+                    match (&h.released, &h.released_by) {
+                        (Some(t), Some(by)) => format!("{t} ({by})"),
+                        _ => "still held".into(),
+                    },
+                    h.attempts.to_string(),
+                ]
+            })
+            .collect()
+    };
+    let header = [
+        "WAL",
+        "HELD FOR",
+        "BY",
+        "FIRST HELD",
+        "RELEASED",
+        "ATTEMPTS",
+    ];
+    if !s.longest_holds.is_empty() {
+        out.push_str("longest holds:\n");
+        out.push_str(&table(&header, &hold_rows(&s.longest_holds)));
+    }
+    let valves: Vec<String> = s.valves.iter().map(|(v, n)| format!("{v}: {n}")).collect();
+    let _ = writeln!(
+        out,
+        "valve releases: {}{}",
+        s.valves.values().sum::<u64>(),
+        if valves.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", valves.join(", "))
+        }
+    );
+    let _ = writeln!(
+        out,
+        "errors: {}{}",
+        s.errors,
+        s.last_error
+            .as_ref()
+            .map(|e| format!("; last: {e}"))
+            .unwrap_or_default()
+    );
+    if !s.per_replica.is_empty() {
+        out.push_str("per replica:\n");
+        let rows: Vec<Vec<String>> = s
+            .per_replica
+            .iter()
+            .map(|(r, t)| vec![r.clone(), t.holds.to_string(), secs(t.longest_seconds)])
+            .collect();
+        out.push_str(&table(&["REPLICA", "HOLDS CAUSED", "LONGEST"], &rows));
+    }
+    let _ = writeln!(
+        out,
+        "current state: {}{}",
+        s.state,
+        s.last_decision
+            .as_ref()
+            .map(|d| format!(" (last decision: {d})"))
+            .unwrap_or_default()
+    );
+    if !s.open_holds.is_empty() {
+        out.push_str("held now:\n");
+        out.push_str(&table(&header, &hold_rows(&s.open_holds)));
+    }
+    out
+}
+
+pub fn run(file: Option<&Path>, json: bool) -> Result<Exit> {
+    let file = file.ok_or_else(|| {
+        anyhow!("no log file: give one (walguard log FILE) or set log_file in the config file")
+    })?;
+    let f = std::fs::File::open(file)
+        .with_context(|| format!("cannot read the decision log {}", file.display()))
+        .hint("check the path and that you may read it")?;
+    let reader = std::io::BufReader::with_capacity(1 << 16, f);
+    let summary = summarise(reader.lines(), SystemTime::now())
+        .with_context(|| format!("reading {}", file.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", render(&file.display().to_string(), &summary));
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision_log::{Level, format_line};
+    use proptest::prelude::*;
+
+    #[test]
+    fn logfmt_round_trip_with_the_writer() {
+        let fields = vec![
+            ("cmd", "archive".to_string()),
+            (
+                "reason",
+                "replica \"app:r2\" not connected\nx\\y\u{1}".to_string(),
+            ),
+            ("empty", String::new()),
+        ];
+        let line = format_line(SystemTime::UNIX_EPOCH, Level::Warn, &fields);
+        let pairs = parse_logfmt(&line).unwrap();
+        assert_eq!(pairs[1], ("level".to_string(), "warn".to_string()));
+        assert_eq!(
+            &pairs[3..],
+            &fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<Vec<_>>()[..]
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_logfmt() {
+        for bad in [
+            "",
+            "   ",
+            "hello world",
+            "a=\"unterminated",
+            "=x",
+            "a=\"q\"junk",
+            "k\"=v",
+        ] {
+            assert_eq!(parse_logfmt(bad), None, "{bad:?}");
+        }
+    }
+
+    fn lines(text: &str) -> impl Iterator<Item = std::io::Result<String>> + '_ {
+        text.lines().map(|l| Ok(l.to_string()))
+    }
+
+    #[test]
+    fn holds_durations_blame_and_state() {
+        let log = "\
+ts=2026-11-22T00:00:00.000Z level=info pid=1 cmd=archive wal=A decision=archived
+ts=2026-11-22T00:01:00.000Z level=info pid=2 cmd=archive wal=B decision=held reason=\"replica app:r2 not connected\" blame=app:r2
+this line is garbage
+ts=2026-11-22T00:01:01.000Z level=info pid=3 cmd=archive wal=B decision=held blame=app:r2
+ts=2026-11-22T00:03:00.000Z level=info pid=4 cmd=archive wal=B decision=archived
+ts=2026-11-22T00:04:00.000Z level=info pid=5 cmd=archive wal=C decision=held blame=app:r2,app:r3
+ts=2026-11-22T00:14:00.000Z level=warn pid=6 cmd=archive wal=C decision=valve valve=max_hold blame=app:r2,app:r3
+ts=2026-11-22T00:15:00.000Z level=error pid=7 cmd=archive wal=D decision=error reason=\"disk full\"
+ts=2026-11-22T00:16:00.000Z level=info pid=8 cmd=archive wal=D decision=held blame=app:r3
+ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
+";
+        let now = humantime::parse_rfc3339("2026-11-22T01:16:00Z").unwrap();
+        let s = summarise(lines(log), now).unwrap();
+        assert_eq!(s.lines, 10);
+        assert_eq!(s.unparsable, 1);
+        assert_eq!(s.decisions.get("held"), Some(&4));
+        assert_eq!(s.holds_completed, 2);
+        assert_eq!(
+            s.longest_holds
+                .iter()
+                .map(|h| (h.wal.as_str(), h.seconds))
+                .collect::<Vec<_>>(),
+            vec![("C", 600), ("B", 120)]
+        );
+        assert_eq!(s.longest_holds[1].attempts, 2);
+        assert_eq!(s.longest_holds[0].released_by.as_deref(), Some("valve"));
+        assert_eq!(s.valves.get("max_hold"), Some(&1));
+        assert_eq!(s.errors, 1);
+        assert!(s.last_error.as_deref().unwrap().contains("disk full"));
+        assert_eq!(
+            s.per_replica["app:r2"],
+            ReplicaTotals {
+                holds: 2,
+                longest_seconds: 600
+            }
+        );
+        assert_eq!(
+            s.per_replica["app:r3"],
+            ReplicaTotals {
+                holds: 1,
+                longest_seconds: 600
+            }
+        );
+        assert_eq!(s.state, "held");
+        assert_eq!(s.open_holds.len(), 1);
+        assert_eq!(
+            (s.open_holds[0].wal.as_str(), s.open_holds[0].seconds),
+            ("D", 3600)
+        );
+        let text = render("watchdog.log", &s);
+        assert!(text.contains("current state: held"), "{text}");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in "(\\PC{0,60}\n){0,20}") {
+            let s = summarise(lines(&text), SystemTime::now()).unwrap();
+            prop_assert!(s.unparsable <= s.lines);
+        }
+
+        #[test]
+        fn any_written_value_reads_back(value in "\\PC{0,40}") {
+            let line = format_line(SystemTime::UNIX_EPOCH, Level::Info, &[("reason", value.clone())]);
+            let pairs = parse_logfmt(&line).unwrap();
+            prop_assert_eq!(&pairs[3].1, &value);
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! `walguard status`: the cluster as walguard sees it, for a person or a monitoring check.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::commands::{self, Exit, Hint};
+use crate::decision::{self, Policy, Pressure, Space, Unlisted, Verdict, check_valves};
+use crate::observation::{self, Archiver, Observation, Origin};
+use crate::render::{human_bytes, table};
+use crate::replicas;
+use crate::settings::Settings;
+use crate::wal::{Lsn, SegmentId, WalFile};
+
+/// One list entry (or unlisted replica) and where it stands. Shared by `check` and `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaView {
+    /// The list line, or `None` for a connected replica the list does not name.
+    pub entry: Option<String>,
+    pub connected: bool,
+    pub pid: Option<i32>,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    pub sent_lsn: Option<String>,
+    pub write_lsn: Option<String>,
+    pub flush_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    /// `past`, `needs it`, `unlisted` (holds) or `ignored`.
+    pub verdict: &'static str,
+    /// Bytes behind the primary's current position (by the position that counts).
+    pub lag_bytes: Option<u64>,
+    /// Waiting segments this replica has not passed yet (status only).
+    pub segments_behind: Option<usize>,
+}
+
+pub fn replica_views(verdict: &Verdict, obs: &Observation, policy: &Policy) -> Vec<ReplicaView> {
+    let view = |entry: Option<String>, w: Option<usize>, mark: &'static str| {
+        let ws = w.map(|w| &obs.walsenders[w]);
+        let lsn =
+            |f: fn(&observation::Walsender) -> Option<Lsn>| ws.and_then(f).map(|l| l.to_string());
+        let position = ws.and_then(|ws| policy.position.reported(obs.origin, ws));
+        ReplicaView {
+            entry,
+            connected: ws.is_some(),
+            pid: ws.map(|w| w.pid),
+            application_name: ws
+                .map(|w| w.application_name.clone())
+                .filter(|a| !a.is_empty()),
+            client_addr: ws.and_then(|w| w.client_addr).map(|a| a.to_string()),
+            state: ws.and_then(|w| w.state.clone()),
+            sent_lsn: lsn(|w| w.sent),
+            write_lsn: lsn(|w| w.write),
+            flush_lsn: lsn(|w| w.flush),
+            replay_lsn: lsn(|w| w.replay),
+            verdict: mark,
+            lag_bytes: obs
+                .current_lsn
+                .zip(position)
+                .map(|(c, p)| c.0.saturating_sub(p.0)),
+            segments_behind: None,
+        }
+    };
+    let mut views: Vec<ReplicaView> = verdict
+        .matches
+        .iter()
+        .map(|m| {
+            let past = m.walsender.is_some_and(|w| {
+                let at = policy.position.reported(obs.origin, &obs.walsenders[w]);
+                at.zip(verdict.need).is_some_and(|(at, need)| at >= need)
+            });
+            view(
+                Some(m.entry.to_string()),
+                m.walsender,
+                if past { "past" } else { "needs it" },
+            )
+        })
+        .collect();
+    let mark = match policy.unlisted {
+        Unlisted::Hold => "unlisted",
+        Unlisted::Ignore => "ignored",
+    };
+    views.extend(verdict.unlisted.iter().map(|&w| view(None, Some(w), mark)));
+    views
+}
+
+/// The replicas as a table; `with_lag` adds the status-only columns.
+pub fn replica_table(views: &[ReplicaView], with_lag: bool) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut header = vec!["REPLICA", "WALSENDER", "STATE", "SENT", "FLUSH", "REPLAY"];
+    if with_lag {
+        header.extend(["LAG", "SEGMENTS BEHIND"]);
+    }
+    header.push("");
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            let who = match (v.pid, &v.application_name, &v.client_addr) {
+                (None, ..) => "not connected".to_string(),
+                (Some(pid), app, addr) => format!(
+                    "pid {pid}{} from {}",
+                    app.as_ref()
+                        .map(|a| format!(" app {a}"))
+                        .unwrap_or_default(),
+                    addr.as_deref().unwrap_or("local socket")
+                ),
+            };
+            let mut row = vec![
+                v.entry.clone().unwrap_or_else(|| "(not in list)".into()),
+                who,
+                if v.connected {
+                    dash(&v.state)
+                } else {
+                    String::new()
+                },
+                dash(&v.sent_lsn),
+                dash(&v.flush_lsn),
+                dash(&v.replay_lsn),
+            ];
+            if with_lag {
+                row.push(v.lag_bytes.map_or("-".into(), human_bytes));
+                row.push(v.segments_behind.map_or("-".into(), |n| n.to_string()));
+            }
+            row.push(v.verdict.to_uppercase().replace("PAST", "past"));
+            row
+        })
+        .collect();
+    if rows.is_empty() {
+        return "  (the list is empty and no replica is connected)\n".to_string();
+    }
+    table(&header, &rows)
+}
+
+/// A file waiting in `pg_wal/archive_status` (`.ready`).
+struct Waiting {
+    name: String,
+    bytes: u64,
+    modified: Option<SystemTime>,
+}
+
+fn waiting(pgdata: &Path) -> Result<Vec<Waiting>> {
+    let pg_wal = pgdata.join("pg_wal");
+    let dir = pg_wal.join("archive_status");
+    let mut files: Vec<Waiting> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))
+        .hint("set pgdata to the data directory, and run status as a user who can read it")?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")
+                .map(str::to_string)
+        })
+        .map(|name| {
+            let meta = std::fs::metadata(pg_wal.join(&name)).ok();
+            Waiting {
+                bytes: meta.as_ref().map_or(0, |m| m.len()),
+                modified: meta.and_then(|m| m.modified().ok()),
+                name,
+            }
+        })
+        .collect();
+    // PostgreSQL archives oldest first; within a timeline, name order is WAL order.
+    files.sort_by(|a, b| a.name[8.min(a.name.len())..].cmp(&b.name[8.min(b.name.len())..]));
+    Ok(files)
+}
+
+#[derive(Serialize)]
+struct ValveView {
+    name: &'static str,
+    threshold: Option<String>,
+    current: Option<String>,
+    /// How far towards tripping, in percent (100 or more trips it), when it applies.
+    used_percent: Option<f64>,
+    tripped: bool,
+}
+
+#[derive(Serialize)]
+struct VerdictView {
+    /// `flowing` or `held`.
+    state: &'static str,
+    text: String,
+    held_by: Vec<String>,
+    oldest_waiting: Option<String>,
+    held_since: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WaitingView {
+    files: usize,
+    segments: usize,
+    bytes: u64,
+    oldest: Option<String>,
+}
+
+/// The `--json` schema (stable: fields are only ever added).
+#[derive(Serialize)]
+struct StatusView {
+    verdict: VerdictView,
+    source: Origin,
+    segment_size: u64,
+    current_lsn: Option<String>,
+    replicas: Vec<ReplicaView>,
+    archiver: Option<Archiver>,
+    waiting: WaitingView,
+    pg_wal_space: Option<Space>,
+    valves: Vec<ValveView>,
+}
+
+fn valve_views(policy: &Policy, pressure: &Pressure, retained: Option<u64>) -> Vec<ValveView> {
+    let v = &policy.valves;
+    let min_free = pressure
+        .pg_wal_space
+        .map(|s| (s, v.min_free.bytes(s.total)));
+    vec![
+        ValveView {
+            name: "min_free",
+            threshold: Some(v.min_free.to_string()),
+            current: pressure.pg_wal_space.map(|s| {
+                format!(
+                    "{} free of {}",
+                    human_bytes(s.available),
+                    human_bytes(s.total)
+                )
+            }),
+            // Closeness: how much of the space above the floor is used up.
+            used_percent: min_free.filter(|(_, floor)| *floor > 0).map(|(s, floor)| {
+                let used = s.total.saturating_sub(s.available) as f64;
+                100.0 * used / (s.total.saturating_sub(floor).max(1)) as f64
+            }),
+            tripped: min_free.is_some_and(|(s, floor)| floor > 0 && s.available < floor),
+        },
+        ValveView {
+            name: "max_retained",
+            threshold: v.max_retained.map(human_bytes),
+            current: retained.map(|r| format!("{} held back", human_bytes(r))),
+            used_percent: v
+                .max_retained
+                .zip(retained)
+                .map(|(l, r)| 100.0 * r as f64 / l.max(1) as f64),
+            tripped: v.max_retained.zip(retained).is_some_and(|(l, r)| r > l),
+        },
+        ValveView {
+            name: "max_hold",
+            threshold: v
+                .max_hold
+                .map(|d| humantime::format_duration(d).to_string()),
+            current: pressure.segment_age.map(|a| {
+                format!(
+                    "oldest waiting for {}",
+                    humantime::format_duration(Duration::from_secs(a.as_secs()))
+                )
+            }),
+            used_percent: v
+                .max_hold
+                .zip(pressure.segment_age)
+                .map(|(l, a)| 100.0 * a.as_secs_f64() / l.as_secs_f64().max(0.001)),
+            tripped: v
+                .max_hold
+                .zip(pressure.segment_age)
+                .is_some_and(|(l, a)| a > l),
+        },
+    ]
+}
+
+fn build(settings: &Settings) -> Result<(StatusView, bool)> {
+    let list =
+        replicas::load(settings.replicas()?, settings.resolve).hint("fix the replicas list")?;
+    let waiting = waiting(&settings.pgdata)?;
+    let oldest_segment = waiting
+        .iter()
+        .find_map(|w| match w.name.parse::<WalFile>() {
+            Ok(file @ WalFile::Segment(_)) => Some((file, w)),
+            _ => None,
+        });
+    let obs = commands::observe(settings, oldest_segment.as_ref().map(|(_, w)| w.bytes))?;
+    let pressure = Pressure {
+        pg_wal_space: observation::space(&settings.pgdata.join("pg_wal")).ok(),
+        segment_age: oldest_segment
+            .as_ref()
+            .and_then(|(_, w)| w.modified?.elapsed().ok()),
+    };
+    // The decision PostgreSQL's next attempt will get: for the oldest waiting segment, or,
+    // with none waiting, for the last finished one, to show who would hold the next.
+    let subject = match &oldest_segment {
+        Some((file, _)) => file.clone(),
+        None => {
+            let previous = obs
+                .current_lsn
+                .unwrap_or(Lsn(0))
+                .0
+                .saturating_sub(obs.segment_size.bytes());
+            WalFile::Segment(SegmentId::containing(1, Lsn(previous), obs.segment_size))
+        }
+    };
+    let verdict = decision::decide(&subject, Some(&obs), &pressure, &list, &settings.policy);
+    let retained = oldest_segment
+        .as_ref()
+        .and_then(|(f, _)| decision::retained(&obs, f));
+    let mut replicas = replica_views(&verdict, &obs, &settings.policy);
+    let segment_ends: Vec<Lsn> = waiting
+        .iter()
+        .filter_map(|w| match w.name.parse::<WalFile>() {
+            Ok(WalFile::Segment(id)) => id.end(obs.segment_size).ok(),
+            _ => None,
+        })
+        .collect();
+    for view in &mut replicas {
+        let w = obs.walsenders.iter().find(|w| Some(w.pid) == view.pid);
+        if let Some(at) = w.and_then(|w| settings.policy.position.reported(obs.origin, w)) {
+            view.segments_behind = Some(segment_ends.iter().filter(|end| **end > at).count());
+        } else if !view.connected {
+            view.segments_behind = Some(segment_ends.len());
+        }
+    }
+    let segments = segment_ends.len();
+    let bytes: u64 = waiting.iter().map(|w| w.bytes).sum();
+    let held = oldest_segment.is_some() && !verdict.archive;
+    let since = oldest_segment
+        .as_ref()
+        .and_then(|(_, w)| w.modified)
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let text = if held {
+        format!(
+            "held by {} since {}, {} segments, {}",
+            verdict.blame.join(", "),
+            since.as_deref().unwrap_or("?"),
+            segments,
+            human_bytes(bytes)
+        )
+    } else if let Some(t) = check_valves(&settings.policy.valves, &pressure, retained)
+        .filter(|_| !verdict.reasons.is_empty())
+    {
+        format!(
+            "archiving flowing, through the {} safety valve: {}",
+            t.valve, t.detail
+        )
+    } else if waiting.is_empty() {
+        "archiving flowing".to_string()
+    } else {
+        format!(
+            "archiving flowing, {} files waiting for the archiver",
+            waiting.len()
+        )
+    };
+    let view = StatusView {
+        verdict: VerdictView {
+            state: if held { "held" } else { "flowing" },
+            text,
+            held_by: if held {
+                verdict.blame.clone()
+            } else {
+                Vec::new()
+            },
+            oldest_waiting: waiting.first().map(|w| w.name.clone()),
+            held_since: since.filter(|_| held),
+        },
+        source: obs.origin,
+        segment_size: obs.segment_size.bytes(),
+        current_lsn: obs.current_lsn.map(|l| l.to_string()),
+        replicas,
+        archiver: obs.archiver.clone(),
+        waiting: WaitingView {
+            files: waiting.len(),
+            segments,
+            bytes,
+            oldest: waiting.first().map(|w| w.name.clone()),
+        },
+        pg_wal_space: pressure.pg_wal_space,
+        valves: valve_views(&settings.policy, &pressure, retained),
+    };
+    Ok((view, held))
+}
+
+fn render(v: &StatusView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "verdict: {}\n", v.verdict.text);
+    let _ = writeln!(
+        out,
+        "replicas (source {}, wal_segment_size {}, primary at {}):",
+        if v.source == Origin::Ps {
+            "process titles: sent positions"
+        } else {
+            "pg_stat_replication"
+        },
+        human_bytes(v.segment_size),
+        v.current_lsn.as_deref().unwrap_or("?")
+    );
+    out.push_str(&replica_table(&v.replicas, true));
+    let _ = writeln!(
+        out,
+        "\nwaiting in pg_wal/archive_status: {} files ({} segments, {}), oldest {}",
+        v.waiting.files,
+        v.waiting.segments,
+        human_bytes(v.waiting.bytes),
+        v.waiting.oldest.as_deref().unwrap_or("-")
+    );
+    if let Some(a) = &v.archiver {
+        let _ = writeln!(
+            out,
+            "archiver: last archived {} at {}; last failed {} at {}; {} failures",
+            a.last_archived_wal.as_deref().unwrap_or("-"),
+            a.last_archived_time.as_deref().unwrap_or("-"),
+            a.last_failed_wal.as_deref().unwrap_or("-"),
+            a.last_failed_time.as_deref().unwrap_or("-"),
+            a.failed_count
+        );
+    }
+    out.push_str("\nsafety valves:\n");
+    let rows: Vec<Vec<String>> = v
+        .valves
+        .iter()
+        .map(|valve| {
+            vec![
+                valve.name.to_string(),
+                valve.threshold.clone().unwrap_or_else(|| "off".into()),
+                valve.current.clone().unwrap_or_else(|| "-".into()),
+                valve
+                    .used_percent
+                    .map_or("-".into(), |p| format!("{p:.0}%")),
+                if valve.tripped {
+                    "TRIPPED".into()
+                } else {
+                    "ok".into()
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["VALVE", "THRESHOLD", "NOW", "TOWARDS", ""], &rows));
+    out
+}
+
+pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
+    let (view, held) = build(settings)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", render(&view));
+    }
+    Ok(if held { Exit::Held } else { Exit::Ok })
+}

@@ -1,0 +1,286 @@
+//! The operator's side on a real primary with two replicas: status, the log summary, the
+//! safety valves, the event hook and the process-title fallback.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::fs;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cluster::{Cluster, Options, wait_for};
+use serde_json::Value;
+
+const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
+const WAIT: Duration = Duration::from_secs(90);
+
+fn start() -> Result<Cluster> {
+    let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
+    // Let the archiver finish the segments the base backups produced before the test starts.
+    let first = c.switch_wal()?;
+    c.wait_archived(&first, WAIT)?;
+    Ok(c)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
+}
+
+fn wait_log(c: &Cluster, needle: &str) -> Result<String> {
+    wait_for(&format!("log line with {needle}"), WAIT, || {
+        Ok(c.log_text()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string))
+    })
+}
+
+#[test]
+fn status_and_log_follow_an_outage() -> Result<()> {
+    let c = start()?;
+    let healthy = c.walguard(&["status"]);
+    assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy));
+    assert!(
+        text(&healthy).starts_with("verdict: archiving flowing"),
+        "{}",
+        text(&healthy)
+    );
+    let j = json(&c.walguard(&["status", "--json"]));
+    assert_eq!(j["verdict"]["state"], "flowing");
+    assert_eq!(j["replicas"].as_array().unwrap().len(), 2);
+    assert!(
+        j["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["connected"] == true && r["verdict"] == "past")
+    );
+    assert_eq!(j["source"], "sql");
+    assert!(j["archiver"]["last_archived_wal"].is_string());
+
+    let r2 = c.replica("r2");
+    c.stop(r2)?;
+    let held: Vec<String> = (0..2).map(|_| c.switch_wal()).collect::<Result<_>>()?;
+    wait_log(&c, &format!("wal={} decision=held", held[0]))?;
+    let down = c.walguard(&["status"]);
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
+    let t = text(&down);
+    assert!(t.starts_with("verdict: held by app:r2 since "), "{t}");
+    assert!(t.contains("2 segments, 32 MiB"), "{t}");
+    let j = json(&c.walguard(&["status", "--json"]));
+    assert_eq!(j["verdict"]["state"], "held");
+    assert_eq!(j["verdict"]["held_by"], serde_json::json!(["app:r2"]));
+    assert_eq!(j["waiting"]["segments"], 2);
+    assert_eq!(j["waiting"]["oldest"], held[0].as_str());
+    let r2_view = j["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["entry"] == "app:r2")
+        .unwrap()
+        .clone();
+    assert_eq!(r2_view["connected"], false);
+    assert_eq!(r2_view["segments_behind"], 2);
+    assert!(
+        j["valves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["tripped"] == false)
+    );
+
+    // Hold it a little longer, then let r2 back.
+    std::thread::sleep(Duration::from_secs(2));
+    c.start_node(r2)?;
+    c.wait_streaming(2)?;
+    let after = c.switch_wal()?;
+    c.wait_archived(&after, WAIT)?;
+
+    let log = c.walguard(&["log"]);
+    assert_eq!(log.status.code(), Some(0), "{}", text(&log));
+    let j = json(&c.walguard(&["log", "--json"]));
+    assert_eq!(j["state"], "flowing", "{j}");
+    assert_eq!(j["unparsable"], 0);
+    assert!(j["holds_completed"].as_u64().unwrap() >= 2, "{j}");
+    let longest = &j["longest_holds"][0];
+    assert!(longest["seconds"].as_u64().unwrap() >= 2, "{j}");
+    assert_eq!(longest["blame"], serde_json::json!(["app:r2"]));
+    assert!(
+        j["per_replica"]["app:r2"]["holds"].as_u64().unwrap() >= 2,
+        "{j}"
+    );
+    assert!(
+        text(&log).contains("current state: flowing"),
+        "{}",
+        text(&log)
+    );
+    Ok(())
+}
+
+#[test]
+fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()> {
+    let c = start()?;
+    let events = c.base.join("events");
+    let hook = format!(
+        "on_event = 'echo \"$WALGUARD_EVENT $WALGUARD_WAL $WALGUARD_REPLICAS\" >> {}'\n",
+        events.display()
+    );
+    c.write_config(&hook)?;
+    c.stop(c.replica("r2"))?;
+    let seg = c.switch_wal()?;
+    wait_log(&c, &format!("wal={seg} decision=held"))?;
+    // The archiver retries three times a second apart: one `held` event, not three.
+    let held_line = format!("wal={seg} decision=held");
+    wait_for("three attempts", WAIT, || {
+        Ok((c
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&held_line))
+            .count()
+            >= 3)
+            .then_some(()))
+    })?;
+    assert_eq!(fs::read_to_string(&events)?, format!("held {seg} app:r2\n"));
+
+    // max_hold of 1s: the next attempt archives it anyway.
+    c.write_config(&format!("{hook}max_hold = \"1s\"\n"))?;
+    c.switch_wal()?; // wakes the archiver
+    let line = wait_log(&c, &format!("wal={seg} decision=valve"))?;
+    assert!(
+        line.contains("level=warn") && line.contains("valve=max_hold"),
+        "{line}"
+    );
+    assert!(
+        line.contains("advice=\"app:r2 will need this segment from the archive"),
+        "{line}"
+    );
+    assert!(c.archive.join(&seg).exists());
+    assert!(fs::read_to_string(&events)?.contains(&format!("valve {seg} app:r2\n")));
+    c.write_config(&hook)?;
+
+    // min_free and max_retained, by hand into another directory.
+    let pending = c.switch_wal()?;
+    let other = c.base.join("manual");
+    fs::create_dir(&other)?;
+    let manual = |flags: &[&str]| {
+        let mut args = flags.to_vec();
+        args.extend(["--archive-dir", other.to_str().unwrap(), "archive"]);
+        let path = format!("pg_wal/{pending}");
+        args.extend([path.as_str(), pending.as_str()]);
+        c.walguard(&args)
+    };
+    let out = manual(&["--min-free", "100%"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        c.log_text()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("decision=valve valve=min_free")
+    );
+    fs::remove_file(other.join(&pending))?;
+    let out = manual(&["--max-retained", "1MiB"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        c.log_text()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("decision=valve valve=max_retained")
+    );
+    let valve_events = fs::read_to_string(&events)?
+        .matches(&format!("valve {pending} app:r2"))
+        .count();
+    assert_eq!(valve_events, 2);
+
+    // A failing or hanging hook never changes the verdict.
+    let out = manual(&["--on-event", "exit 3", "--min-free", "100%"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        c.log_text()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("hook=\"failed: exit status: 3\"")
+    );
+    fs::remove_file(other.join(&pending))?;
+    let started = Instant::now();
+    let out = manual(&[
+        "--on-event",
+        "sleep 60",
+        "--timeout",
+        "3s",
+        "--min-free",
+        "100%",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let last = c.log_text().lines().last().unwrap().to_string();
+    assert!(
+        last.contains("decision=valve") && last.contains("hook=\"killed after"),
+        "{last}"
+    );
+    Ok(())
+}
+
+#[test]
+fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
+    let c = start()?;
+    c.write_list("127.0.0.1\n127.0.0.1\n")?;
+    let seg = c.switch_wal()?;
+    c.wait_archived(&seg, WAIT)?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    let wrong = ["--conninfo", "host=127.0.0.1 port=1 user=postgres"];
+    let ask = |extra: &[&str]| {
+        let mut args = wrong.to_vec();
+        args.extend_from_slice(extra);
+        args.extend(["check", seg.as_str()]);
+        c.walguard(&args)
+    };
+    let sql_only = ask(&[]);
+    assert_eq!(sql_only.status.code(), Some(2), "{}", text(&sql_only));
+    let auto = ask(&["--source", "auto"]);
+    assert_eq!(auto.status.code(), Some(0), "{}", text(&auto));
+    assert!(
+        text(&auto).contains("positions from walsender process titles"),
+        "{}",
+        text(&auto)
+    );
+
+    // An archive by hand records the source in the log.
+    let other = c.base.join("manual");
+    fs::create_dir(&other)?;
+    let out = c.walguard(&[
+        wrong[0],
+        wrong[1],
+        "--source",
+        "ps",
+        "--archive-dir",
+        other.to_str().unwrap(),
+        "archive",
+        &format!("pg_wal/{seg}"),
+        &seg,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(c.log_text().lines().last().unwrap().contains("source=ps"));
+
+    // One replica down: the titles show one walsender from 127.0.0.1, the list wants two.
+    c.stop(c.replica("r2"))?;
+    let held = ask(&["--source", "ps"]);
+    assert_eq!(held.status.code(), Some(1), "{}", text(&held));
+    assert!(
+        text(&held).contains("replica 127.0.0.1 not connected"),
+        "{}",
+        text(&held)
+    );
+    Ok(())
+}
