@@ -239,9 +239,15 @@ pub fn space(path: &std::path::Path) -> std::io::Result<Space> {
     }
     // SAFETY: statvfs succeeded, so st is initialised.
     let st = unsafe { st.assume_init() };
-    let frsize = u64::from(st.f_frsize);
+    // The field types differ between platforms (u32 on some 32-bit ones): widen explicitly.
+    #[allow(clippy::useless_conversion)]
+    let (frsize, bavail, blocks) = (
+        u64::from(st.f_frsize),
+        u64::from(st.f_bavail),
+        u64::from(st.f_blocks),
+    );
     Ok(Space {
-        available: u64::from(st.f_bavail) * frsize,
-        total: u64::from(st.f_blocks) * frsize,
+        available: bavail * frsize,
+        total: blocks * frsize,
     })
 }
