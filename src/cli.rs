@@ -33,6 +33,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Guard(Guard),
+    /// Print a shell completion script
+    #[command(after_help = "\
+Example:
+  walguard completions bash > /etc/bash_completion.d/walguard")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff)
+    #[command(after_help = "\
+Example:
+  walguard man > /usr/local/share/man/man1/walguard.1")]
+    Man,
+}
+
+/// The commands that work on a cluster, and so need the settings.
+#[derive(Debug, Subcommand)]
+pub enum Guard {
     /// Archive one WAL file if every listed replica is past it (PostgreSQL's archive_command)
     #[command(after_help = "\
 Example (postgresql.conf):

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::CommandFactory;
 
 use crate::archive_copy::{self, Stored};
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Guard};
 use crate::conninfo::{ProcessEnv, Target};
 use crate::decision::{self, Pressure, Verdict};
 use crate::decision_log::{DecisionLog, Level};
@@ -391,18 +392,43 @@ fn check(settings: &Settings, wal: &WalFile) -> Result<Exit> {
 /// Runs the parsed command line; every failure becomes exit 2 with a message on stderr
 /// (and, for `archive`, a `decision=error` line in the log).
 pub fn run(cli: Cli) -> Exit {
-    let settings = match settings::load(cli.config.as_deref(), cli.settings) {
+    match cli.command {
+        Command::Guard(guard) => run_guard(cli.config.as_deref(), cli.settings, guard),
+        // These two only print what clap knows; they need no settings.
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "walguard",
+                &mut std::io::stdout(),
+            );
+            Exit::Ok
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => Exit::Ok,
+                Err(e) => {
+                    eprintln!("walguard: error: cannot write the manual page: {e}");
+                    Exit::Error
+                }
+            }
+        }
+    }
+}
+
+fn run_guard(config: Option<&Path>, layer: settings::Layer, guard: Guard) -> Exit {
+    let settings = match settings::load(config, layer) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("walguard: error: {e}");
             return Exit::Error;
         }
     };
-    let (cmd, wal_name) = match &cli.command {
-        Command::Archive { wal_name, .. } => ("archive", wal_name.as_str()),
-        Command::Check { wal_name } => ("check", wal_name.as_str()),
-        Command::Status { .. } => ("status", ""),
-        Command::Log { .. } => ("log", ""),
+    let (cmd, wal_name) = match &guard {
+        Guard::Archive { wal_name, .. } => ("archive", wal_name.as_str()),
+        Guard::Check { wal_name } => ("check", wal_name.as_str()),
+        Guard::Status { .. } => ("status", ""),
+        Guard::Log { .. } => ("log", ""),
     };
     let run = Run {
         log: (cmd == "archive").then(|| DecisionLog::new(settings.log_file.clone())),
@@ -410,20 +436,20 @@ pub fn run(cli: Cli) -> Exit {
         wal: wal_name.to_string(),
         started: Instant::now(),
     };
-    let result = match &cli.command {
-        Command::Archive { wal_path, .. } => {
+    let result = match &guard {
+        Guard::Archive { wal_path, .. } => {
             run.arm_watchdog(settings.timeout);
             parse_name(wal_name).and_then(|wal| archive(&run, &settings, wal_path, &wal))
         }
-        Command::Check { .. } => {
+        Guard::Check { .. } => {
             run.arm_watchdog(settings.timeout);
             parse_name(wal_name).and_then(|wal| check(&settings, &wal))
         }
-        Command::Status { json } => {
+        Guard::Status { json } => {
             run.arm_watchdog(settings.timeout);
             status::run(&settings, *json)
         }
-        Command::Log { file, json } => {
+        Guard::Log { file, json } => {
             log_summary::run(file.as_deref().or(settings.log_file.as_deref()), *json)
         }
     };

@@ -1,6 +1,7 @@
 //! `walguard log`: what the decision log says, summarised. Streams the file line by line
 //! (a million lines is a normal month), keeping only the holds still open and the totals.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::BufRead;
@@ -13,63 +14,84 @@ use serde::Serialize;
 use crate::commands::{Exit, Hint};
 use crate::render::table;
 
-/// Splits one logfmt line into key/value pairs; `None` if it is not logfmt.
-pub fn parse_logfmt(line: &str) -> Option<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    let mut chars = line.trim_end().chars().peekable();
+/// Splits one logfmt line into key/value pairs; `None` if it is not logfmt. Borrows
+/// from the line unless a value has escapes: this runs a million times on a big log.
+pub fn parse_logfmt(line: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
+    let line = line.trim_end();
+    let bytes = line.as_bytes();
+    let mut pairs = Vec::with_capacity(16);
+    let mut i = 0;
     loop {
-        while chars.peek() == Some(&' ') {
-            chars.next();
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
         }
-        if chars.peek().is_none() {
+        if i == bytes.len() {
             return (!pairs.is_empty()).then_some(pairs);
         }
-        let mut key = String::new();
-        loop {
-            match chars.next()? {
-                '=' => break,
-                c if c.is_whitespace() || c == '"' => return None,
-                c => key.push(c),
-            }
-        }
-        if key.is_empty() {
+        let key_end = i + memchr::memchr(b'=', &bytes[i..])?;
+        let key = &line[i..key_end];
+        if key.is_empty() || key.bytes().any(|b| b.is_ascii_whitespace() || b == b'"') {
             return None;
         }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
+        i = key_end + 1;
+        if bytes.get(i) == Some(&b'"') {
+            let value_start = i + 1;
+            let mut escaped = false;
+            i = value_start;
             loop {
-                match chars.next()? {
-                    '"' => break,
-                    '\\' => match chars.next()? {
-                        'n' => value.push('\n'),
-                        'u' => {
-                            // \u{hex}
-                            if chars.next()? != '{' {
-                                return None;
-                            }
-                            let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                            value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                        }
-                        c => value.push(c),
-                    },
-                    c => value.push(c),
-                }
-            }
-            if !matches!(chars.peek(), None | Some(' ')) {
-                return None;
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ' ' {
+                i += memchr::memchr2(b'"', b'\\', &bytes[i..])?;
+                if bytes[i] == b'"' {
                     break;
                 }
-                value.push(c);
-                chars.next();
+                escaped = true;
+                i += 2;
+                if i > bytes.len() {
+                    return None;
+                }
             }
+            let raw = &line[value_start..i];
+            i += 1; // closing quote
+            if i < bytes.len() && bytes[i] != b' ' {
+                return None;
+            }
+            pairs.push((
+                key,
+                if escaped {
+                    Cow::Owned(unescape(raw)?)
+                } else {
+                    Cow::Borrowed(raw)
+                },
+            ));
+        } else {
+            let value_end = memchr::memchr(b' ', &bytes[i..]).map_or(bytes.len(), |n| i + n);
+            pairs.push((key, Cow::Borrowed(&line[i..value_end])));
+            i = value_end;
         }
-        pairs.push((key, value));
     }
+}
+
+/// Undoes the escapes the decision log writes: `\"`, `\\`, `\n`, `\u{hex}`.
+fn unescape(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            'u' => {
+                if chars.next()? != '{' {
+                    return None;
+                }
+                let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -124,30 +146,36 @@ struct Open {
 const KEEP_LONGEST: usize = 10;
 
 /// Builds the summary from any line source; `now` only ages the holds still open.
-pub fn summarise(
-    lines: impl Iterator<Item = std::io::Result<String>>,
-    now: SystemTime,
-) -> std::io::Result<Summary> {
+pub fn summarise(mut input: impl BufRead, now: SystemTime) -> std::io::Result<Summary> {
     let mut s = Summary::default();
     let mut open: HashMap<String, Open> = HashMap::new();
-    let mut last: Option<(String, String, String)> = None;
-    for line in lines {
-        let line = line?;
+    // The last decision line, kept whole and parsed again at the end: cheaper than
+    // copying three fields out of every line.
+    let mut last_line = String::new();
+    let mut last_at = None;
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        if input.read_line(&mut buf)? == 0 {
+            break;
+        }
+        let line = buf.as_str();
         s.lines += 1;
-        let Some(pairs) = parse_logfmt(&line) else {
+        let Some(pairs) = parse_logfmt(line) else {
             s.unparsable += 1;
             continue;
         };
         let get = |k: &str| {
             pairs
                 .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_ref())
         };
         let (Some(ts_text), Some(decision)) = (get("ts"), get("decision")) else {
             s.unparsable += 1;
             continue;
         };
+        // Every line's time is checked, so that garbage in `ts` is counted as unparsable.
         let Ok(ts) = humantime::parse_rfc3339_weak(ts_text) else {
             s.unparsable += 1;
             continue;
@@ -155,28 +183,35 @@ pub fn summarise(
         if get("cmd").is_some_and(|c| c != "archive") {
             continue;
         }
-        let wal = get("wal").unwrap_or("").to_string();
-        *s.decisions.entry(decision.to_string()).or_default() += 1;
-        let blame: Vec<String> = get("blame")
-            .map(|b| {
-                b.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let wal = get("wal").unwrap_or("");
+        if let Some(n) = s.decisions.get_mut(decision) {
+            *n += 1;
+        } else {
+            s.decisions.insert(decision.to_string(), 1);
+        }
+        let blame = get("blame")
+            .unwrap_or("")
+            .split(',')
+            .filter(|x| !x.is_empty());
         match decision {
             "held" => {
-                let o = open.entry(wal.clone()).or_insert_with(|| Open {
-                    first: ts,
-                    first_text: ts_text.to_string(),
-                    blame: Vec::new(),
-                    attempts: 0,
-                });
-                o.attempts += 1;
-                for b in blame {
-                    if !o.blame.contains(&b) {
-                        o.blame.push(b);
+                if !open.contains_key(wal) {
+                    open.insert(
+                        wal.to_string(),
+                        Open {
+                            first: ts,
+                            first_text: ts_text.to_string(),
+                            blame: Vec::new(),
+                            attempts: 0,
+                        },
+                    );
+                }
+                if let Some(o) = open.get_mut(wal) {
+                    o.attempts += 1;
+                    for b in blame {
+                        if !o.blame.iter().any(|x| x == b) {
+                            o.blame.push(b.to_string());
+                        }
                     }
                 }
             }
@@ -186,7 +221,7 @@ pub fn summarise(
                         .entry(get("valve").unwrap_or("?").to_string())
                         .or_default() += 1;
                 }
-                if let Some(o) = open.remove(&wal) {
+                if let Some(o) = open.remove(wal) {
                     let seconds = ts
                         .duration_since(o.first)
                         .unwrap_or(Duration::ZERO)
@@ -199,7 +234,7 @@ pub fn summarise(
                         t.longest_seconds = t.longest_seconds.max(seconds);
                     }
                     let hold = Hold {
-                        wal: wal.clone(),
+                        wal: wal.to_string(),
                         first_held: o.first_text,
                         released: Some(ts_text.to_string()),
                         released_by: Some(decision.to_string()),
@@ -220,7 +255,9 @@ pub fn summarise(
             }
             _ => {}
         }
-        last = Some((decision.to_string(), wal, ts_text.to_string()));
+        last_line.clear();
+        last_line.push_str(line);
+        last_at = Some(s.lines);
     }
     let mut still: Vec<Hold> = open
         .into_iter()
@@ -239,13 +276,23 @@ pub fn summarise(
         .collect();
     still.sort_by(|a, b| a.wal.cmp(&b.wal));
     s.open_holds = still;
-    s.state = match (&last, s.open_holds.is_empty()) {
+    s.state = match (last_at, s.open_holds.is_empty()) {
         (None, _) => "unknown",
         (Some(_), false) => "held",
         (Some(_), true) => "flowing",
     }
     .to_string();
-    s.last_decision = last.map(|(d, wal, ts)| format!("{ts} {wal} {d}"));
+    s.last_decision = last_at.and_then(|_| {
+        let pairs = parse_logfmt(&last_line)?;
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_ref())
+                .unwrap_or("")
+        };
+        Some(format!("{} {} {}", get("ts"), get("wal"), get("decision")))
+    });
     Ok(s)
 }
 
@@ -367,7 +414,7 @@ pub fn run(file: Option<&Path>, json: bool) -> Result<Exit> {
         .with_context(|| format!("cannot read the decision log {}", file.display()))
         .hint("check the path and that you may read it")?;
     let reader = std::io::BufReader::with_capacity(1 << 16, f);
-    let summary = summarise(reader.lines(), SystemTime::now())
+    let summary = summarise(reader, SystemTime::now())
         .with_context(|| format!("reading {}", file.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -395,14 +442,10 @@ mod tests {
         ];
         let line = format_line(SystemTime::UNIX_EPOCH, Level::Warn, &fields);
         let pairs = parse_logfmt(&line).unwrap();
-        assert_eq!(pairs[1], ("level".to_string(), "warn".to_string()));
-        assert_eq!(
-            &pairs[3..],
-            &fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<Vec<_>>()[..]
-        );
+        assert_eq!((pairs[1].0, pairs[1].1.as_ref()), ("level", "warn"));
+        let got: Vec<(&str, &str)> = pairs[3..].iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        let want: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -420,8 +463,8 @@ mod tests {
         }
     }
 
-    fn lines(text: &str) -> impl Iterator<Item = std::io::Result<String>> + '_ {
-        text.lines().map(|l| Ok(l.to_string()))
+    fn lines(text: &str) -> &[u8] {
+        text.as_bytes()
     }
 
     #[test]
@@ -491,7 +534,7 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
         fn any_written_value_reads_back(value in "\\PC{0,40}") {
             let line = format_line(SystemTime::UNIX_EPOCH, Level::Info, &[("reason", value.clone())]);
             let pairs = parse_logfmt(&line).unwrap();
-            prop_assert_eq!(&pairs[3].1, &value);
+            prop_assert_eq!(pairs[3].1.as_ref(), value.as_str());
         }
     }
 }

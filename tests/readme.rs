@@ -1,0 +1,120 @@
+//! Every command and file in the README's setup section is accepted by the real binary:
+//! the config by the real config loader, the list by the real list parser, and each
+//! `walguard ...` line and the archive_command by the real command-line parser.
+
+use std::process::Command;
+
+use clap::Parser;
+use walguard::cli::Cli;
+
+const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
+
+fn setup_section() -> String {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("## Set up a real primary")
+        .expect("setup section");
+    let end = readme[start + 1..]
+        .find("\n## ")
+        .map_or(readme.len(), |i| start + 1 + i);
+    readme[start..end].to_string()
+}
+
+/// The fenced blocks of `text`, with their info strings.
+fn blocks(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(info) = line.strip_prefix("```") {
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.starts_with("```"))
+                .collect();
+            out.push((info.to_string(), body.join("\n") + "\n"));
+        }
+    }
+    out
+}
+
+/// Splits a command line the way sh would for these simple lines (single and double quotes).
+fn words(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quote) = (Vec::new(), String::new(), None);
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ' ') if !cur.is_empty() => out.push(std::mem::take(&mut cur)),
+            (None, ' ') => {}
+            (_, c) => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn setup_section_is_accepted_by_the_binary() {
+    let section = setup_section();
+    let blocks = blocks(&section);
+    let dir = tempfile::tempdir().unwrap();
+
+    // walguard.toml: loaded by the real loader (a history file needs neither list nor server).
+    let (_, toml) = blocks
+        .iter()
+        .find(|(info, _)| info == "toml")
+        .expect("a toml block");
+    let config = dir.path().join("walguard.toml");
+    std::fs::write(&config, toml).unwrap();
+    let out = Command::new(WALGUARD)
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "00000002.history"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // slaves.list: the block that follows it, by the real parser.
+    let list = &blocks
+        .iter()
+        .find(|(_, body)| body.starts_with("# one replica per line"))
+        .expect("the list block")
+        .1;
+    let entries = walguard::replicas::parse(list, "README slaves.list").unwrap();
+    assert_eq!(entries.len(), 3);
+
+    // postgresql.conf: the archive_command, and every `walguard ...` line, by clap.
+    let mut commands = Vec::new();
+    for (_, body) in &blocks {
+        for line in body.lines() {
+            if let Some(cmd) = line.strip_prefix("archive_command = '") {
+                commands.push(
+                    cmd.trim_end_matches('\'')
+                        .replace("%p", "pg_wal/000000010000000000000003")
+                        .replace("%f", "000000010000000000000003"),
+                );
+            } else if line.starts_with("walguard ") {
+                commands.push(line.split(" >").next().unwrap().to_string());
+            }
+        }
+    }
+    assert!(commands.len() >= 3, "{commands:?}");
+    for cmd in &commands {
+        if let Err(e) = Cli::try_parse_from(words(cmd)) {
+            panic!("README command {cmd:?} is rejected: {e}");
+        }
+    }
+}
+
+#[test]
+fn slaves_list_example_parses() {
+    let text = include_str!("../slaves.list.example");
+    let entries = walguard::replicas::parse(text, "slaves.list.example").unwrap();
+    assert!(entries.len() >= 5);
+}
