@@ -149,17 +149,42 @@ fn sync_dir(dir: &Path) -> Result<(), CopyError> {
         .map_err(io_err("cannot fsync directory", dir))
 }
 
-/// Copies `src` to `dir/name` durably, never replacing an existing file.
-/// `name` must already be a validated WAL file name (no `/`, no `..`).
-pub fn store(
+/// A copy under a temporary name: neither durable nor visible until [`Staged::commit`].
+/// Dropping it removes the temporary file, so a held segment leaves nothing behind.
+pub struct Staged {
+    src: PathBuf,
+    dir: PathBuf,
+    dest: PathBuf,
+    /// `None` when the final name was already taken at staging time.
+    tmp: Option<(PathBuf, File)>,
+    bytes: u64,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = &self.tmp {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Copies `src` into a temporary file in `dir`'s temp area (no fsync yet), unless
+/// `dir/name` exists already. `name` must be a validated WAL file name (no `/`, no `..`).
+pub fn stage(
     src: &Path,
     dir: &Path,
     name: &str,
     stale_after: Duration,
-) -> Result<Stored, CopyError> {
-    let dest = dir.join(name);
-    if fs::symlink_metadata(&dest).is_ok() {
-        return existing(src, &dest);
+) -> Result<Staged, CopyError> {
+    let mut staged = Staged {
+        src: src.to_path_buf(),
+        dir: dir.to_path_buf(),
+        dest: dir.join(name),
+        tmp: None,
+        bytes: 0,
+    };
+    if fs::symlink_metadata(&staged.dest).is_ok() {
+        return Ok(staged);
     }
     let tmp_dir = dir.join(TMP_DIR);
     match fs::DirBuilder::new().mode(0o700).create(&tmp_dir) {
@@ -175,25 +200,55 @@ pub fn store(
         .mode(0o600) // WAL holds every row of the database
         .open(&tmp)
         .map_err(io_err("cannot create", &tmp))?;
-    let _guard = TempFile(&tmp);
+    let copied = copy_all(src, &mut input, &mut output, &tmp);
+    staged.tmp = Some((tmp, output)); // from here on, dropping `staged` removes it
+    staged.bytes = copied?;
+    Ok(staged)
+}
+
+fn copy_all(src: &Path, input: &mut File, output: &mut File, tmp: &Path) -> Result<u64, CopyError> {
     // std::io::copy uses copy_file_range(2) between files: no user-space buffer.
-    let bytes = io::copy(&mut input, &mut output).map_err(io_err("cannot write", &tmp))?;
+    let bytes = io::copy(input, output).map_err(io_err("cannot write", tmp))?;
     let expected = input.metadata().map_err(io_err("cannot stat", src))?.size();
     if bytes != expected {
         return Err(io_err("short copy of", src)(io::Error::other(format!(
             "copied {bytes} of {expected} bytes"
         ))));
     }
-    output.sync_all().map_err(io_err("cannot fsync", &tmp))?;
-    drop(output);
-    match fs::hard_link(&tmp, &dest) {
-        Ok(()) => {}
-        // Another run (PostgreSQL's retry racing a manual one) got there first.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return existing(src, &dest),
-        Err(e) => return Err(io_err("cannot link into place", &dest)(e)),
+    Ok(bytes)
+}
+
+impl Staged {
+    /// Makes the copy durable and visible: fsync the file, link it to its final name
+    /// (failing if that name exists: nothing is ever replaced), fsync the directory.
+    pub fn commit(mut self) -> Result<Stored, CopyError> {
+        let Some((tmp, output)) = self.tmp.take() else {
+            return existing(&self.src, &self.dest);
+        };
+        let _guard = TempFile(&tmp);
+        output.sync_all().map_err(io_err("cannot fsync", &tmp))?;
+        drop(output);
+        match fs::hard_link(&tmp, &self.dest) {
+            Ok(()) => {}
+            // Another run (PostgreSQL's retry racing a manual one) got there first.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return existing(&self.src, &self.dest);
+            }
+            Err(e) => return Err(io_err("cannot link into place", &self.dest)(e)),
+        }
+        sync_dir(&self.dir)?;
+        Ok(Stored::Copied { bytes: self.bytes })
     }
-    sync_dir(dir)?;
-    Ok(Stored::Copied { bytes })
+}
+
+/// Copies `src` to `dir/name` durably, never replacing an existing file.
+pub fn store(
+    src: &Path,
+    dir: &Path,
+    name: &str,
+    stale_after: Duration,
+) -> Result<Stored, CopyError> {
+    stage(src, dir, name, stale_after)?.commit()
 }
 
 #[cfg(test)]

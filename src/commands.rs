@@ -19,6 +19,9 @@ use crate::settings::{self, Settings, Source};
 use crate::wal::{SegmentSize, WalFile};
 use crate::{log_summary, replicas, status, titles};
 
+/// A segment file younger than this is copied while the decision is being made.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// The process exit status; the numbers are part of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -248,7 +251,26 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
     let meta = std::fs::metadata(wal_path)
         .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
         .hint("archive_command must pass %p, relative to the data directory")?;
-    let gathered = decide(settings, wal, Some(&meta))?;
+    // A segment that has just been finished is almost always archived at once, so its
+    // copy runs while the server is asked, and only becomes durable and visible if the
+    // verdict says so. A retry (an older file) is more likely held: it is copied only
+    // after the verdict, so an outage does not rewrite the archive's disk every second.
+    let fresh = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < FRESH);
+    let stage = || archive_copy::stage(wal_path, archive_dir, &run.wal, settings.timeout);
+    let (gathered, early) = if fresh {
+        std::thread::scope(|scope| {
+            let copying = scope.spawn(stage);
+            let gathered = decide(settings, wal, Some(&meta));
+            (gathered, Some(copying.join()))
+        })
+    } else {
+        (decide(settings, wal, Some(&meta)), None)
+    };
+    let gathered = gathered?;
     let verdict = &gathered.verdict;
     let mut fields = verdict_fields(verdict);
     if let Some(obs) = &gathered.observation {
@@ -265,7 +287,13 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
     let (level, decision, exit) = if !verdict.archive {
         (Level::Info, "held", Exit::Held)
     } else {
-        let stored = archive_copy::store(wal_path, archive_dir, &run.wal, settings.timeout)
+        let staged = match early {
+            Some(Ok(staged)) => staged,
+            Some(Err(_)) => bail!("the copy into the archive panicked; nothing was archived"),
+            None => stage(),
+        };
+        let stored = staged
+            .and_then(archive_copy::Staged::commit)
             .hint("nothing was archived; PostgreSQL will retry")?;
         let (decision, bytes) = match stored {
             Stored::Copied { bytes } => ("archived", bytes),

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::conninfo::Target;
 use crate::decision::Space;
+use crate::settings::Bytes;
 use crate::wal::{Lsn, SegmentSize};
 
 /// One row of `pg_stat_replication`, as far as the decision needs it.
@@ -101,24 +102,21 @@ pub enum ObserveError {
     Unexpected { what: &'static str, value: String },
 }
 
-/// Two statements sent as one simple query: one round trip. The positions go through
-/// `to_jsonb` so that both PostgreSQL 10+ (`*_lsn`) and 9.x (`*_location`) column names
-/// answer; `wal_segment_size` is in bytes from PostgreSQL 11, in 8 kB blocks before.
+/// Two statements sent as one simple query: one round trip. Each invocation is a new
+/// session whose first query pays for every catalog object it names, so this calls the
+/// functions behind `pg_stat_replication` and `pg_stat_archiver` instead of the views
+/// (a view costs a rewrite and several catalog loads: measured 2 ms of a 12 ms run).
+/// A walsender connected to a database (`datid`) is a logical one.
+/// `pg_stat_get_wal_senders()` starts with pid, state, sent, write, flush, replay in
+/// every version since 9.6, so `w.*` goes last and is read by position.
 const QUERY: &str = "\
-SELECT (SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 WHEN '8kB' THEN 8192
-                                             WHEN 'MB' THEN 1048576 END
-        FROM pg_settings WHERE name = 'wal_segment_size'),
+SELECT current_setting('wal_segment_size'),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END,
        a.last_archived_wal, a.last_archived_time, a.last_failed_wal, a.last_failed_time, a.failed_count
-FROM pg_stat_archiver a;
-SELECT r.pid, r.usename, r.application_name, host(r.client_addr), r.client_hostname, r.state,
-       coalesce(j->>'sent_lsn', j->>'sent_location'),
-       coalesce(j->>'write_lsn', j->>'write_location'),
-       coalesce(j->>'flush_lsn', j->>'flush_location'),
-       coalesce(j->>'replay_lsn', j->>'replay_location'),
-       EXISTS (SELECT 1 FROM pg_replication_slots s
-               WHERE s.active_pid = r.pid AND s.slot_type = 'logical')
-FROM pg_stat_replication r, to_jsonb(r) j ORDER BY r.pid";
+FROM pg_stat_get_archiver() a;
+SELECT pg_get_userbyid(a.usesysid), a.application_name, host(a.client_addr), a.client_hostname,
+       a.datid IS NOT NULL, w.*
+FROM pg_stat_get_wal_senders() w, pg_stat_get_activity(w.pid) a ORDER BY w.pid";
 
 fn unexpected(what: &'static str, value: &str) -> ObserveError {
     ObserveError::Unexpected {
@@ -140,12 +138,12 @@ fn lsn_at(
 fn parse_server_row(
     row: &postgres::SimpleQueryRow,
 ) -> Result<(SegmentSize, Option<Lsn>, Archiver), ObserveError> {
-    let bytes = row.get(0).unwrap_or("");
-    let size = bytes
-        .parse::<u64>()
+    let text = row.get(0).unwrap_or("");
+    let size = text
+        .parse::<Bytes>()
         .ok()
-        .and_then(|b| SegmentSize::new(b).ok())
-        .ok_or_else(|| unexpected("wal_segment_size", bytes))?;
+        .and_then(|b| SegmentSize::new(b.0).ok())
+        .ok_or_else(|| unexpected("wal_segment_size", text))?;
     let text = |i: usize| row.get(i).map(str::to_string);
     let archiver = Archiver {
         last_archived_wal: text(2),
@@ -159,26 +157,26 @@ fn parse_server_row(
 
 fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Walsender, ObserveError> {
     let text = |i: usize| row.get(i).map(str::to_string);
-    let pid = row.get(0).unwrap_or("");
+    let pid = row.get(5).unwrap_or("");
     Ok(Walsender {
-        pid: pid.parse().map_err(|_| unexpected("pid", pid))?,
-        user: text(1),
-        application_name: text(2).unwrap_or_default(),
+        user: text(0),
+        application_name: text(1).unwrap_or_default(),
         client_addr: row
-            .get(3)
+            .get(2)
             .map(|v| {
                 v.parse::<IpAddr>()
                     .map(|a| a.to_canonical())
                     .map_err(|_| unexpected("client_addr", v))
             })
             .transpose()?,
-        client_hostname: text(4),
-        state: text(5),
-        sent: lsn_at(row, 6, "sent_lsn")?,
-        write: lsn_at(row, 7, "write_lsn")?,
-        flush: lsn_at(row, 8, "flush_lsn")?,
-        replay: lsn_at(row, 9, "replay_lsn")?,
-        logical: row.get(10) == Some("t"),
+        client_hostname: text(3),
+        logical: row.get(4) == Some("t"),
+        pid: pid.parse().map_err(|_| unexpected("pid", pid))?,
+        state: text(6),
+        sent: lsn_at(row, 7, "sent_lsn")?,
+        write: lsn_at(row, 8, "write_lsn")?,
+        flush: lsn_at(row, 9, "flush_lsn")?,
+        replay: lsn_at(row, 10, "replay_lsn")?,
     })
 }
 
@@ -215,8 +213,9 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
     }
     let (segment_size, current_lsn, archiver) =
         server.ok_or_else(|| unexpected("pg_stat_archiver", "no row"))?;
-    // Closing politely spares the server a "connection reset" line in its log.
-    let _ = client.close();
+    // Dropping sends Terminate without waiting for the server to acknowledge it, as
+    // `close()` would: the server logs no "connection reset" either way.
+    drop(client);
     Ok(Observation {
         origin: Origin::Sql,
         segment_size,

@@ -1,0 +1,489 @@
+//! `bench/run` (or `cargo bench --bench archive`): walguard's per-segment cost on a live
+//! primary with healthy streaming replicas, side by side with what operators use today,
+//! interleaved in one run and reported as ratios. Writes a Markdown table and the raw
+//! numbers to `target/walguard-bench/`; fails only on a broken run, never on a slow one.
+
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cluster::{Cluster, Options};
+
+const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
+
+/// Runs `cmd` to completion in `dir`; fails the benchmark if it fails.
+fn run(dir: &Path, cmd: &mut Command) -> Result<Duration> {
+    let start = Instant::now();
+    let out = cmd.current_dir(dir).stdin(Stdio::null()).output()?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+fn sh(script: &str) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.args(["-c", script]);
+    c
+}
+
+struct Stats {
+    name: String,
+    samples: Vec<f64>, // milliseconds
+}
+
+impl Stats {
+    fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        }
+    }
+    fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    fn max(&self) -> f64 {
+        self.samples.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// A method under test: given a fresh destination directory, archive the segment.
+type Method<'a> = (&'a str, Box<dyn Fn(&Path) -> Result<Duration> + 'a>);
+
+/// Runs every method `rounds` times, rotating the order each round so that no method
+/// always runs first (cold) or last.
+fn interleave(rounds: usize, scratch: &Path, methods: &[Method]) -> Result<Vec<Stats>> {
+    let mut stats: Vec<Stats> = methods
+        .iter()
+        .map(|(name, _)| Stats {
+            name: name.to_string(),
+            samples: Vec::new(),
+        })
+        .collect();
+    let mut n = 0;
+    for round in 0..rounds {
+        for k in 0..methods.len() {
+            let i = (round + k) % methods.len();
+            n += 1;
+            let dest = scratch.join(format!("d{n}"));
+            fs::create_dir_all(&dest)?;
+            let took = (methods[i].1)(&dest).with_context(|| format!("method {}", methods[i].0))?;
+            stats[i].samples.push(took.as_secs_f64() * 1000.0);
+            fs::remove_dir_all(&dest)?;
+        }
+    }
+    Ok(stats)
+}
+
+fn table(title: &str, base: &str, stats: &[Stats], out: &mut String) {
+    let base = stats
+        .iter()
+        .find(|s| s.name == base)
+        .map(Stats::median)
+        .unwrap_or(f64::NAN);
+    let _ = writeln!(out, "\n### {title}\n");
+    let _ = writeln!(
+        out,
+        "| method | median ms | min–max ms | ratio to baseline |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for s in stats {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1}–{:.1} | {:.2}x |",
+            s.name,
+            s.median(),
+            s.min(),
+            s.max(),
+            s.median() / base
+        );
+    }
+}
+
+/// Peak resident memory of one run of `cmd`, in KiB, via GNU time.
+fn max_rss_kib(dir: &Path, args: &[&str]) -> Result<u64> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .output()
+        .context("running /usr/bin/time (Debian package time)")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .context("no max RSS from /usr/bin/time")
+}
+
+/// A pgbackrest stanza on a fresh local repository, created untimed.
+fn pgbackrest_stanza(c: &Cluster, repo: &Path) -> Result<PathBuf> {
+    let conf = repo.join("pgbackrest.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={}\nlock-path={}\nlog-level-console=error\nlog-level-file=off\nstart-fast=y\n\
+             [bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user=postgres\n",
+            repo.join("repo").display(),
+            repo.join("lock").display(),
+            c.primary.data.display(),
+            c.base.display(),
+            c.primary.port
+        ),
+    )?;
+    run(
+        repo,
+        Command::new("pgbackrest")
+            .arg(format!("--config={}", conf.display()))
+            .args(["--stanza=bench", "stanza-create"]),
+    )?;
+    Ok(conf)
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::var_os("WALGUARD_BENCH_QUICK").is_some();
+    let rounds = if quick { 3 } else { 15 };
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/walguard-bench");
+    fs::create_dir_all(&out_dir)?;
+    let have_pgbackrest = Command::new("pgbackrest")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+
+    eprintln!("bench: starting a primary with 2 streaming replicas");
+    let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
+    let seg = c.switch_wal()?;
+    c.wait_archived(&seg, Duration::from_secs(90))?;
+    let data = c.primary.data.clone();
+    let wal = format!("pg_wal/{seg}");
+    let src = data.join(&wal);
+    ensure!(
+        fs::metadata(&src)?.len() == 16 << 20,
+        "expected a 16 MiB segment"
+    );
+    let scratch = c.base.join("bench");
+    fs::create_dir(&scratch)?;
+    let config = c.config.display().to_string();
+    let mut report = String::new();
+    let mut raw = String::from("section,method,sample_ms\n");
+
+    // 1. The archive copy of one 16 MiB segment, into a fresh directory each time.
+    // PostgreSQL runs archive_command right after it finishes a segment, so the file is
+    // made just-finished (mtime now, untimed) for walguard, as in production; retries of
+    // older files take walguard's sequential path, measured by the backlog below.
+    let walguard_archive = |dest: &Path| {
+        fs::File::options()
+            .write(true)
+            .open(&src)?
+            .set_modified(std::time::SystemTime::now())?;
+        run(
+            &data,
+            Command::new(WALGUARD)
+                .args(["--config", &config, "--archive-dir"])
+                .arg(dest)
+                .args(["archive", &wal, &seg]),
+        )
+    };
+    let cp_sync = |dest: &Path| {
+        let d = dest.join(&seg);
+        run(
+            &data,
+            &mut sh(&format!("cp {wal} {0} && sync {0}", d.display())),
+        )
+    };
+    let test_cp = |dest: &Path| {
+        let d = dest.join(&seg);
+        run(
+            &data,
+            &mut sh(&format!("test ! -f {0} && cp {wal} {0}", d.display())),
+        )
+    };
+    let pgbr = |compress: &'static str| {
+        let c = &c;
+        let wal = wal.clone();
+        move |dest: &Path| -> Result<Duration> {
+            let conf = pgbackrest_stanza(c, dest)?;
+            run(
+                &c.primary.data,
+                Command::new("pgbackrest")
+                    .arg(format!("--config={}", conf.display()))
+                    .args([
+                        "--stanza=bench",
+                        &format!("--compress-type={compress}"),
+                        "archive-push",
+                        &wal,
+                    ]),
+            )
+        }
+    };
+    let mut methods: Vec<Method> = vec![
+        ("cp + sync (floor)", Box::new(cp_sync)),
+        ("walguard archive", Box::new(walguard_archive)),
+        ("test ! -f && cp (no fsync)", Box::new(test_cp)),
+    ];
+    if have_pgbackrest {
+        methods.push(("pgbackrest archive-push, none", Box::new(pgbr("none"))));
+        methods.push(("pgbackrest archive-push, lz4", Box::new(pgbr("lz4"))));
+    }
+    eprintln!("bench: archive copy, {rounds} interleaved rounds");
+    let copy = interleave(rounds, &scratch, &methods)?;
+    table(
+        "Archiving one 16 MiB segment (fresh destination each run)",
+        "cp + sync (floor)",
+        &copy,
+        &mut report,
+    );
+
+    // 2. The decision alone vs a one-shot psql query of pg_stat_replication.
+    let psql = c.bindir.join("psql");
+    let conninfo = c.conninfo();
+    let decision: Vec<Method> = vec![
+        (
+            "psql -c 'select ... from pg_stat_replication'",
+            Box::new(|_: &Path| {
+                run(
+                    &data,
+                    Command::new(&psql).args([
+                        "-X",
+                        "-A",
+                        "-t",
+                        "-d",
+                        &conninfo,
+                        "-c",
+                        "SELECT application_name, replay_lsn FROM pg_stat_replication",
+                    ]),
+                )
+            }),
+        ),
+        (
+            "walguard check",
+            Box::new(|_: &Path| {
+                run(
+                    &data,
+                    Command::new(WALGUARD).args(["--config", &config, "check", &seg]),
+                )
+            }),
+        ),
+    ];
+    eprintln!("bench: decision");
+    let decide = interleave(rounds * 2, &scratch, &decision)?;
+    table(
+        "The decision alone",
+        "psql -c 'select ... from pg_stat_replication'",
+        &decide,
+        &mut report,
+    );
+
+    // 3a. Scale: 1, 8 and 32 real walsenders (r1 plus pg_receivewal processes).
+    let mut receivers = Vec::new();
+    let mut scale = Vec::new();
+    for target in [1usize, 8, 32] {
+        while receivers.len() + 1 < target {
+            let n = receivers.len() + 1;
+            let dir = c.base.join(format!("rw{n}"));
+            fs::create_dir(&dir)?;
+            let child = Command::new(c.bindir.join("pg_receivewal"))
+                .arg("-D")
+                .arg(&dir)
+                .args([
+                    "-d",
+                    &format!("{conninfo} application_name=rw{n}"),
+                    "--no-loop",
+                    "--synchronous",
+                ])
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(c.base.join(format!("rw{n}.log")))?)
+                .spawn()?;
+            receivers.push(child);
+        }
+        let list: String = std::iter::once("app:r1\n".to_string())
+            .chain((1..target).map(|n| format!("app:rw{n}\n")))
+            .collect();
+        let list_file = c.base.join(format!("scale{target}.list"));
+        fs::write(&list_file, list)?;
+        cluster::wait_for("the receivers to connect", Duration::from_secs(60), || {
+            let n = c.query("SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE 'rw%' AND flush_lsn IS NOT NULL")?;
+            Ok((n.as_deref() == Some(&(target - 1).to_string())).then_some(()))
+        })
+        .with_context(|| fs::read_to_string(c.base.join("rw1.log")).unwrap_or_default())?;
+        let list_arg = list_file.display().to_string();
+        let one: Vec<Method> = vec![(
+            "check",
+            Box::new(|_: &Path| {
+                run(
+                    &data,
+                    Command::new(WALGUARD).args([
+                        "--config",
+                        &config,
+                        "--replicas",
+                        &list_arg,
+                        "--unlisted",
+                        "ignore",
+                        "--position",
+                        "flush",
+                        "check",
+                        &seg,
+                    ]),
+                )
+            }),
+        )];
+        let mut s = interleave(rounds * 2, &scratch, &one)?.remove(0);
+        s.name = format!("{target} walsender(s)");
+        scale.push(s);
+    }
+    for mut r in receivers {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    eprintln!("bench: scale");
+    table(
+        "The decision with more replicas (walguard check)",
+        "1 walsender(s)",
+        &scale,
+        &mut report,
+    );
+
+    // 3b. A backlog of segments, as after a replica returns: throughput, walguard vs cp+sync.
+    let backlog = if quick { 20 } else { 500 };
+    c.stop(c.replica("r2"))?;
+    let mut names = Vec::new();
+    for _ in 0..backlog {
+        names.push(c.switch_wal()?);
+    }
+    c.start_node(c.replica("r2"))?;
+    c.wait_streaming(2)?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    // The archiver is racing us on the same files; its copies go elsewhere and that is fine.
+    let drain = |label: &str, each: &dyn Fn(&str, &Path) -> Result<Duration>| -> Result<Stats> {
+        let dest = scratch.join(label.replace(' ', "_"));
+        fs::create_dir_all(&dest)?;
+        let start = Instant::now();
+        for name in &names {
+            each(name, &dest)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        fs::remove_dir_all(&dest)?;
+        Ok(Stats {
+            name: label.to_string(),
+            samples: vec![backlog as f64 / secs],
+        })
+    };
+    eprintln!("bench: backlog of {backlog} segments");
+    let mut backlog_stats = Vec::new();
+    for _ in 0..if quick { 1 } else { 2 } {
+        backlog_stats.push(drain("cp + sync", &|name, dest| {
+            let d = dest.join(name);
+            run(
+                &data,
+                &mut sh(&format!("cp pg_wal/{name} {0} && sync {0}", d.display())),
+            )
+        })?);
+        backlog_stats.push(drain("walguard archive", &|name, dest| {
+            run(
+                &data,
+                Command::new(WALGUARD)
+                    .args(["--config", &config, "--archive-dir"])
+                    .arg(dest)
+                    .args(["archive", &format!("pg_wal/{name}"), name]),
+            )
+        })?);
+    }
+    let _ = writeln!(
+        report,
+        "\n### A backlog of {backlog} `.ready` segments after a replica returns\n"
+    );
+    let _ = writeln!(report, "| method | segments per second (each pass) |");
+    let _ = writeln!(report, "|---|---:|");
+    for label in ["cp + sync", "walguard archive"] {
+        let rates: Vec<String> = backlog_stats
+            .iter()
+            .filter(|s| s.name == label)
+            .map(|s| format!("{:.1}", s.samples[0]))
+            .collect();
+        let _ = writeln!(report, "| {label} | {} |", rates.join(", "));
+    }
+
+    // 4. Peak memory of one invocation.
+    let rss_dest = scratch.join("rss");
+    fs::create_dir_all(&rss_dest)?;
+    let archive_rss = max_rss_kib(
+        &data,
+        &[
+            WALGUARD,
+            "--config",
+            &config,
+            "--archive-dir",
+            rss_dest.to_str().unwrap(),
+            "archive",
+            &wal,
+            &seg,
+        ],
+    )?;
+    let check_rss = max_rss_kib(&data, &[WALGUARD, "--config", &config, "check", &seg])?;
+    let cp_rss = max_rss_kib(&data, &["cp", &wal, rss_dest.join("cp").to_str().unwrap()])?;
+    let _ = writeln!(report, "\n### Peak memory (max RSS) of one invocation\n");
+    let _ = writeln!(report, "| command | max RSS |\n|---|---:|");
+    let _ = writeln!(
+        report,
+        "| walguard archive (16 MiB segment) | {:.1} MiB |",
+        archive_rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        report,
+        "| walguard check | {:.1} MiB |",
+        check_rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        report,
+        "| cp (same file) | {:.1} MiB |",
+        cp_rss as f64 / 1024.0
+    );
+
+    for s in copy
+        .iter()
+        .chain(&decide)
+        .chain(&scale)
+        .chain(&backlog_stats)
+    {
+        for v in &s.samples {
+            let _ = writeln!(raw, "bench,{},{v:.3}", s.name.replace(',', ";"));
+        }
+    }
+    let _ = writeln!(
+        raw,
+        "rss_kib,walguard archive,{archive_rss}\nrss_kib,walguard check,{check_rss}\nrss_kib,cp,{cp_rss}"
+    );
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        fs::read_to_string("/proc/cpuinfo")?
+            .lines()
+            .find_map(|l| l.strip_prefix("model name\t: "))
+            .unwrap_or("unknown CPU")
+    );
+    let header = format!(
+        "## walguard benchmark\n\nMachine: {machine}; PostgreSQL from {}; {rounds} interleaved rounds (medians).\n",
+        c.bindir.display()
+    );
+    fs::write(out_dir.join("results.md"), format!("{header}{report}"))?;
+    fs::write(out_dir.join("raw.csv"), raw)?;
+    println!("{header}{report}");
+    eprintln!("bench: wrote {}", out_dir.join("results.md").display());
+    Ok(())
+}
