@@ -12,6 +12,7 @@ pub mod conninfo;
 pub mod decision;
 pub mod decision_log;
 pub mod events;
+pub mod files;
 pub mod log_summary;
 pub mod observation;
 pub mod render;

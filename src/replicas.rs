@@ -140,7 +140,7 @@ pub fn resolve(entries: &mut [Entry], file: &str) -> Result<(), ListError> {
 /// Reads, parses and (when asked) resolves the list file.
 pub fn load(path: &Path, resolve_names: bool) -> Result<Vec<Entry>, ListError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ListError::Read {
+    let (text, _) = crate::files::read_protected(path).map_err(|source| ListError::Read {
         file: file.clone(),
         source,
     })?;

@@ -310,6 +310,18 @@ impl Cluster {
             .expect("no such replica")
     }
 
+    /// Appends settings to `node`'s postgresql.conf and reloads it if it runs.
+    pub fn configure(&self, node: &Node, text: &str) -> Result<()> {
+        append(&node.data.join("postgresql.conf"), &format!("\n{text}\n"))?;
+        let _ = self.query_on(node, "SELECT pg_reload_conf()");
+        Ok(())
+    }
+
+    /// Promotes a replica to primary and waits until it accepts writes.
+    pub fn promote(&self, node: &Node) -> Result<()> {
+        self.pg_ctl(node, "promote")
+    }
+
     pub fn stop(&self, node: &Node) -> Result<()> {
         self.pg_ctl(node, "stop")
     }
@@ -346,7 +358,12 @@ impl Cluster {
 
     /// Runs `sql` on the primary and returns the first column of the first row as text.
     pub fn query(&self, sql: &str) -> Result<Option<String>> {
-        let mut client = self.connect(&self.primary)?;
+        self.query_on(&self.primary, sql)
+    }
+
+    /// Runs `sql` on `node` and returns the first column of the first row as text.
+    pub fn query_on(&self, node: &Node, sql: &str) -> Result<Option<String>> {
+        let mut client = self.connect(node)?;
         let rows = client.simple_query(sql)?;
         Ok(rows
             .iter()
@@ -359,8 +376,14 @@ impl Cluster {
 
     /// Writes a little, then finishes the current segment; returns the finished segment's name.
     pub fn switch_wal(&self) -> Result<String> {
-        self.query("CREATE TABLE IF NOT EXISTS walguard_test (x int); INSERT INTO walguard_test VALUES (1)")?;
-        self.query("SELECT pg_walfile_name(pg_switch_wal())")?
+        self.switch_wal_on(&self.primary)
+    }
+
+    /// `switch_wal` on `node` (a promoted replica, say).
+    pub fn switch_wal_on(&self, node: &Node) -> Result<String> {
+        self.query_on(
+            node,"CREATE TABLE IF NOT EXISTS walguard_test (x int); INSERT INTO walguard_test VALUES (1)")?;
+        self.query_on(node, "SELECT pg_walfile_name(pg_switch_wal())")?
             .context("pg_switch_wal returned nothing")
     }
 
@@ -398,8 +421,13 @@ impl Cluster {
 
     /// Waits until `name` is in the archive and the archiver has reported it.
     pub fn wait_archived(&self, name: &str, limit: Duration) -> Result<()> {
+        self.wait_archived_on(&self.primary, name, limit)
+    }
+
+    /// `wait_archived`, for the archiver of `node`.
+    pub fn wait_archived_on(&self, node: &Node, name: &str, limit: Duration) -> Result<()> {
         wait_for(&format!("{name} to be archived"), limit, || {
-            let last = self.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
+            let last = self.query_on(node, "SELECT last_archived_wal FROM pg_stat_archiver")?;
             Ok(
                 (last.is_some_and(|l| l.as_str() >= name) && self.archive.join(name).exists())
                     .then_some(()),

@@ -1,0 +1,360 @@
+//! Faults on a real primary with replicas: kill -9 mid-copy, a full disk, unusable
+//! directories and files, a WAL file vanishing mid-run, concurrent runs, a shutdown while
+//! segments are held, and a failover. Nothing may be lost, torn, or overwritten.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use cluster::{Cluster, Options, wait_for};
+
+const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
+const WAIT: Duration = Duration::from_secs(90);
+
+fn start() -> Result<(Cluster, String)> {
+    let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
+    let seg = c.switch_wal()?;
+    c.wait_archived(&seg, WAIT)?;
+    Ok((c, seg))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// xorshift64*: reproducible randomness without a dependency; the seed is printed.
+struct Rng(u64);
+impl Rng {
+    fn new() -> Rng {
+        let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        eprintln!("rng seed {seed}");
+        Rng(seed)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn archive_cmd(c: &Cluster, dest: &Path, wal_path: &str, name: &str) -> Command {
+    let mut cmd = Command::new(&c.walguard);
+    cmd.arg("--config")
+        .arg(&c.config)
+        .arg("--archive-dir")
+        .arg(dest)
+        .args(["archive", wal_path, name])
+        .current_dir(&c.primary.data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn temp_files(dest: &Path) -> usize {
+    fs::read_dir(dest.join(".walguard-tmp")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn kill_9_at_random_points_never_leaves_a_torn_file() -> Result<()> {
+    let (c, seg) = start()?;
+    let wal_path = format!("pg_wal/{seg}");
+    let original = fs::read(c.primary.data.join(&wal_path))?;
+    let dest = c.base.join("killed");
+    fs::create_dir(&dest)?;
+    let mut rng = Rng::new();
+    let (mut mid_run, mut finished_first) = (0, 0);
+    for _ in 0..200 {
+        // Both paths: a just-finished segment (copy overlapped with the decision) and a retry.
+        if rng.below(2) == 0 {
+            fs::File::options().write(true).open(c.primary.data.join(&wal_path))?.set_modified(SystemTime::now())?;
+        }
+        let mut child = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
+        std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        let exited_already = child.try_wait()?.is_some();
+        child.kill()?;
+        let status = child.wait()?;
+        if exited_already {
+            finished_first += 1;
+            assert_eq!(status.code(), Some(0));
+        } else {
+            mid_run += 1;
+        }
+        let final_file = dest.join(&seg);
+        if final_file.exists() {
+            assert!(fs::read(&final_file)? == original, "a torn file under the final name");
+            fs::remove_file(&final_file)?;
+        }
+    }
+    eprintln!("kill -9: {mid_run} runs killed mid-run, {finished_first} finished before the kill");
+    assert!(mid_run >= 50, "too few kills landed mid-run ({mid_run}) to mean anything");
+    // The next run archives correctly and cleans up what the killed runs left.
+    let out = archive_cmd(&c, &dest, &wal_path, &seg).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(fs::read(dest.join(&seg))? == original);
+    let other = c.switch_wal()?;
+    c.wait_archived(&other, WAIT)?;
+    let out = archive_cmd(&c, &dest, &format!("pg_wal/{other}"), &other).output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(temp_files(&dest), 0, "temporary files of killed runs were not cleaned up");
+    Ok(())
+}
+
+/// A small file system for the archive: tmpfs when this process may mount, else `None`.
+struct SmallFs(std::path::PathBuf);
+impl SmallFs {
+    fn mount(at: &Path, mib: u32) -> Option<SmallFs> {
+        fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(at.to_path_buf()))
+    }
+}
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
+    let (c, seg) = start()?;
+    let other = c.switch_wal()?;
+    c.wait_archived(&other, WAIT)?;
+    let dest = c.base.join("small");
+    let small = SmallFs::mount(&dest, 24);
+    let run = |name: &str, limit: Option<&str>| -> Result<Output> {
+        let mut cmd = archive_cmd(&c, &dest, &format!("pg_wal/{name}"), name);
+        if let Some(blocks) = limit {
+            // No mount allowed: a file-size limit (RLIMIT_FSIZE) stands in for a full disk.
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c")
+                .arg(format!("ulimit -f {blocks}; exec \"$@\""))
+                .arg("sh")
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .current_dir(&c.primary.data)
+                .stdin(Stdio::null());
+            cmd = sh;
+        }
+        Ok(cmd.output()?)
+    };
+    let limit = if small.is_some() { None } else { Some("8192") }; // 4 MiB
+    if small.is_some() {
+        let first = run(&seg, None)?;
+        assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    }
+    let full = run(&other, limit)?;
+    assert_eq!(full.status.code(), Some(2), "{}", text(&full));
+    let reason = if small.is_some() { "No space left on device" } else { "File too large" };
+    assert!(text(&full).contains(reason), "{}", text(&full));
+    let last = c.log_text().lines().last().unwrap_or_default().to_string();
+    assert!(last.contains("decision=error") && last.contains(reason), "{last}");
+    assert!(!dest.join(&other).exists(), "a partial file under the final name");
+    assert_eq!(temp_files(&dest), 0, "the failed copy left its temporary file");
+    // Space is freed: archiving resumes.
+    if small.is_some() {
+        fs::remove_file(dest.join(&seg))?;
+    }
+    let resumed = run(&other, None)?;
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    assert!(fs::read(dest.join(&other))? == fs::read(c.primary.data.join("pg_wal").join(&other))?);
+    eprintln!("full disk simulated with {}", if small.is_some() { "a 24 MiB tmpfs" } else { "ulimit -f" });
+    Ok(())
+}
+
+#[test]
+fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
+    let (c, seg) = start()?;
+    let wal_path = format!("pg_wal/{seg}");
+    // As the server's user, as PostgreSQL runs it (root would ignore permission bits).
+    let as_postgres = |extra: &[&str]| -> Result<Output> {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(&c.walguard).arg("--config").arg(&c.config);
+        cmd.args(extra).args(["archive", &wal_path, &seg]);
+        Ok(cmd.current_dir(&c.primary.data).stdin(Stdio::null()).output()?)
+    };
+    let is_root = Command::new("id").arg("-u").output()?.stdout.starts_with(b"0\n");
+    if is_root {
+        let read_only = c.base.join("read-only");
+        fs::create_dir(&read_only)?; // owned by root, mode 755: postgres cannot write
+        let out = as_postgres(&["--archive-dir", read_only.to_str().unwrap()])?;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+        assert_eq!(fs::read_dir(&read_only)?.count(), 0);
+
+        let hidden = c.base.join("hidden.list");
+        fs::write(&hidden, "app:r1\napp:r2\n")?;
+        fs::set_permissions(&hidden, fs::Permissions::from_mode(0o600))?;
+        let out = as_postgres(&["--replicas", hidden.to_str().unwrap()])?;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(&format!("cannot read the replicas list {}", hidden.display())), "{}", text(&out));
+    }
+    let gone = c.base.join("vanished");
+    let out = c.walguard(&["--archive-dir", gone.to_str().unwrap(), "archive", &wal_path, &seg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(&format!("cannot create {}/.walguard-tmp", gone.display())), "{}", text(&out));
+    assert!(!gone.exists());
+
+    let open_list = c.base.join("open.list");
+    fs::write(&open_list, "app:r1\napp:r2\n")?;
+    fs::set_permissions(&open_list, fs::Permissions::from_mode(0o666))?;
+    let out = c.walguard(&["--replicas", open_list.to_str().unwrap(), "check", &seg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("writable by every user"), "{}", text(&out));
+
+    // The WAL file vanishes at a random moment: success with the whole file, or exit 2.
+    let original = fs::read(c.primary.data.join(&wal_path))?;
+    let spool = c.base.join("spool");
+    let dest = c.base.join("dest");
+    fs::create_dir_all(&spool)?;
+    fs::create_dir_all(&dest)?;
+    let mut rng = Rng::new();
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..30 {
+        let src = spool.join(&seg);
+        fs::write(&src, &original)?;
+        let child = archive_cmd(&c, &dest, src.to_str().unwrap(), &seg).spawn()?;
+        std::thread::sleep(Duration::from_micros(rng.below(15_000)));
+        fs::remove_file(&src)?;
+        let out = child.wait_with_output()?;
+        match out.status.code() {
+            Some(0) => ok += 1,
+            Some(2) => {
+                failed += 1;
+                assert!(text(&out).contains("No such file or directory"), "{}", text(&out));
+            }
+            other => panic!("exit {other:?}: {}", text(&out)),
+        }
+        if dest.join(&seg).exists() {
+            assert!(fs::read(dest.join(&seg))? == original, "torn copy of a vanishing file");
+            fs::remove_file(dest.join(&seg))?;
+        }
+    }
+    eprintln!("vanishing WAL_PATH: {ok} archived whole, {failed} refused");
+    Ok(())
+}
+
+#[test]
+fn two_runs_at_once_leave_one_identical_file() -> Result<()> {
+    let (c, seg) = start()?;
+    let wal_path = format!("pg_wal/{seg}");
+    let original = fs::read(c.primary.data.join(&wal_path))?;
+    for round in 0..20 {
+        let dest = c.base.join(format!("race{round}"));
+        fs::create_dir(&dest)?;
+        let a = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
+        let b = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
+        let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);
+        assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)), "{}{}", text(&a), text(&b));
+        assert!(fs::read(dest.join(&seg))? == original);
+        assert_eq!(fs::read_dir(&dest)?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".walguard-tmp")).count(), 1);
+    }
+    let log = c.log_text();
+    let archived = log.lines().filter(|l| l.contains(&format!("wal={seg} decision=archived"))).count();
+    let exists = log.lines().filter(|l| l.contains(&format!("wal={seg} decision=exists"))).count();
+    // The cluster's own archiving of `seg` is one more `archived` line.
+    assert_eq!((archived, exists), (21, 20), "each race: one archived, one exists");
+    Ok(())
+}
+
+#[test]
+fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
+    let (c, _) = start()?;
+    let r2 = c.replica("r2");
+    c.stop(r2)?;
+    let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
+    wait_for("a hold", WAIT, || Ok(c.log_text().contains(&format!("wal={} decision=held", held[0])).then_some(())))?;
+    let started = Instant::now();
+    c.stop(&c.primary)?;
+    let took = started.elapsed();
+    eprintln!("fast shutdown with held segments took {took:?}");
+    assert!(took < Duration::from_secs(30), "shutdown hung: {took:?}");
+    c.start_node(&c.primary)?;
+    c.start_node(r2)?;
+    c.wait_streaming(2)?;
+    let after = c.switch_wal()?;
+    c.wait_archived(&after, WAIT)?;
+    let archived = c.archived()?;
+    for name in held.iter().chain([&after]) {
+        assert!(archived.contains(name), "{name} missing after restart: {archived:?}");
+    }
+    let nums: Vec<u64> = archived.iter().map(|n| u64::from_str_radix(&n[8..], 16).unwrap()).collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "gap: {archived:?}");
+    Ok(())
+}
+
+#[test]
+fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
+    let (c, _) = start()?;
+    let (r1, r2) = (c.replica("r1"), c.replica("r2"));
+    // r1's own walguard: same archive and log, its own server, the remaining replica listed.
+    let config = c.base.join("walguard-r1.toml");
+    let list = c.base.join("r1.list");
+    fs::write(&list, "app:r2\n")?;
+    fs::write(
+        &config,
+        format!(
+            "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"host={} port={} user=postgres dbname=postgres\"\ntimeout = \"10s\"\n",
+            c.archive.display(),
+            list.display(),
+            c.log.display(),
+            c.base.display(),
+            r1.port
+        ),
+    )?;
+    c.configure(r1, &format!("archive_command = '{} --config {} archive %p %f'", c.walguard.display(), config.display()))?;
+    let last_tl1 = c.switch_wal()?;
+    c.wait_archived(&last_tl1, WAIT)?;
+    c.wait_caught_up(&["r1", "r2"])?;
+
+    c.stop(&c.primary)?;
+    c.promote(r1)?;
+    c.configure(r2, &format!("primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=r2'", r1.port))?;
+    wait_for("the history file in the archive", WAIT, || Ok(c.archive.join("00000002.history").exists().then_some(())))?;
+    wait_for("r2 to stream from r1", WAIT, || {
+        let n = c.query_on(r1, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'r2' AND state = 'streaming'")?;
+        Ok((n.as_deref() == Some("1")).then_some(()))
+    })?;
+    let mut last_tl2 = String::new();
+    for _ in 0..3 {
+        last_tl2 = c.switch_wal_on(r1)?;
+    }
+    assert!(last_tl2.starts_with("00000002"), "{last_tl2}");
+    c.wait_archived_on(r1, &last_tl2, WAIT)?;
+
+    let log = c.log_text();
+    assert!(log.contains("wal=00000002.history decision=archived"), "{log}");
+    let all: Vec<String> = fs::read_dir(&c.archive)?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    let timeline = |tli: &str| -> Vec<u64> {
+        let mut n: Vec<u64> = all
+            .iter()
+            .filter(|n| n.len() == 24 && n.starts_with(tli))
+            .map(|n| u64::from_str_radix(&n[8..], 16).unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    let (tl1, tl2) = (timeline("00000001"), timeline("00000002"));
+    for (name, nums) in [("timeline 1", &tl1), ("timeline 2", &tl2)] {
+        assert!(!nums.is_empty(), "{name} empty: {all:?}");
+        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "gap on {name}: {all:?}");
+    }
+    // Timeline 2 picks up where timeline 1 left off: its first segment is the one where
+    // the switch happened, whose timeline-1 version is at most a .partial file.
+    assert_eq!(tl1[0], 1);
+    let switch = tl2[0];
+    assert!(*tl1.last().unwrap() + 1 >= switch, "timeline 1 stops short of the switch: {all:?}");
+    Ok(())
+}
