@@ -40,6 +40,9 @@ mod tests {
         assert_eq!(read_protected(&f).unwrap().0, "app:r1\n");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
         let err = read_protected(&f).unwrap_err().to_string();
-        assert!(err.contains("writable by every user (mode 666)") && err.contains("chmod o-w"), "{err}");
+        assert!(
+            err.contains("writable by every user (mode 666)") && err.contains("chmod o-w"),
+            "{err}"
+        );
     }
 }

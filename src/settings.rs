@@ -286,10 +286,11 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     let file = match config {
         Some(path) => {
             let name = path.display().to_string();
-            let (text, mode) = crate::files::read_protected(path).map_err(|source| SettingsError::Read {
-                file: name.clone(),
-                source,
-            })?;
+            let (text, mode) =
+                crate::files::read_protected(path).map_err(|source| SettingsError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
             if mode & 0o004 != 0 && text.contains("password") {
                 eprintln!(
                     "walguard: warning: {name} holds a password and every user can read it; run chmod o-r {name}"

@@ -266,7 +266,7 @@ fn existing_archive_file_is_never_overwritten() -> Result<()> {
         stderr(&out)
     );
     assert_eq!(fs::read(other.join(&seg))?, b"not this segment");
-    let line = c.log_text().lines().last().unwrap_or_default().to_string();
+    let line = c.last_log_line();
     assert!(
         line.contains("level=error") && line.contains("decision=error"),
         "{line}"

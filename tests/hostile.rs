@@ -16,7 +16,10 @@ use walguard::wal::{Lsn, WalFile};
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 
 fn cases(default: u32) -> u32 {
-    std::env::var("WALGUARD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("WALGUARD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Inputs that broke (or nearly broke) parsers of this kind elsewhere: the seed corpus.

@@ -180,21 +180,12 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
     };
     let out = manual(&["--min-free", "100%"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        c.log_text()
-            .lines()
-            .last()
-            .unwrap()
-            .contains("decision=valve valve=min_free")
-    );
+    assert!(c.last_log_line().contains("decision=valve valve=min_free"));
     fs::remove_file(other.join(&pending))?;
     let out = manual(&["--max-retained", "1MiB"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        c.log_text()
-            .lines()
-            .last()
-            .unwrap()
+        c.last_log_line()
             .contains("decision=valve valve=max_retained")
     );
     let valve_events = fs::read_to_string(&events)?
@@ -206,10 +197,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
     let out = manual(&["--on-event", "exit 3", "--min-free", "100%"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        c.log_text()
-            .lines()
-            .last()
-            .unwrap()
+        c.last_log_line()
             .contains("hook=\"failed: exit status: 3\"")
     );
     fs::remove_file(other.join(&pending))?;
@@ -224,7 +212,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(10));
-    let last = c.log_text().lines().last().unwrap().to_string();
+    let last = c.last_log_line();
     assert!(
         last.contains("decision=valve") && last.contains("hook=\"killed after"),
         "{last}"
@@ -271,7 +259,7 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
         &seg,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(c.log_text().lines().last().unwrap().contains("source=ps"));
+    assert!(c.last_log_line().contains("source=ps"));
 
     // One replica down: the titles show one walsender from 127.0.0.1, the list wants two.
     c.stop(c.replica("r2"))?;

@@ -25,14 +25,22 @@ fn start() -> Result<(Cluster, String)> {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// xorshift64*: reproducible randomness without a dependency; the seed is printed.
 struct Rng(u64);
 impl Rng {
     fn new() -> Rng {
-        let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
         eprintln!("rng seed {seed}");
         Rng(seed)
     }
@@ -74,7 +82,10 @@ fn kill_9_at_random_points_never_leaves_a_torn_file() -> Result<()> {
     for _ in 0..200 {
         // Both paths: a just-finished segment (copy overlapped with the decision) and a retry.
         if rng.below(2) == 0 {
-            fs::File::options().write(true).open(c.primary.data.join(&wal_path))?.set_modified(SystemTime::now())?;
+            fs::File::options()
+                .write(true)
+                .open(c.primary.data.join(&wal_path))?
+                .set_modified(SystemTime::now())?;
         }
         let mut child = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
         std::thread::sleep(Duration::from_micros(rng.below(30_000)));
@@ -89,12 +100,18 @@ fn kill_9_at_random_points_never_leaves_a_torn_file() -> Result<()> {
         }
         let final_file = dest.join(&seg);
         if final_file.exists() {
-            assert!(fs::read(&final_file)? == original, "a torn file under the final name");
+            assert!(
+                fs::read(&final_file)? == original,
+                "a torn file under the final name"
+            );
             fs::remove_file(&final_file)?;
         }
     }
     eprintln!("kill -9: {mid_run} runs killed mid-run, {finished_first} finished before the kill");
-    assert!(mid_run >= 50, "too few kills landed mid-run ({mid_run}) to mean anything");
+    assert!(
+        mid_run >= 50,
+        "too few kills landed mid-run ({mid_run}) to mean anything"
+    );
     // The next run archives correctly and cleans up what the killed runs left.
     let out = archive_cmd(&c, &dest, &wal_path, &seg).output()?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -103,7 +120,11 @@ fn kill_9_at_random_points_never_leaves_a_torn_file() -> Result<()> {
     c.wait_archived(&other, WAIT)?;
     let out = archive_cmd(&c, &dest, &format!("pg_wal/{other}"), &other).output()?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(temp_files(&dest), 0, "temporary files of killed runs were not cleaned up");
+    assert_eq!(
+        temp_files(&dest),
+        0,
+        "temporary files of killed runs were not cleaned up"
+    );
     Ok(())
 }
 
@@ -113,7 +134,13 @@ impl SmallFs {
     fn mount(at: &Path, mib: u32) -> Option<SmallFs> {
         fs::create_dir_all(at).ok()?;
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
             .arg(at)
             .stderr(Stdio::null())
             .status()
@@ -157,12 +184,26 @@ fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
     }
     let full = run(&other, limit)?;
     assert_eq!(full.status.code(), Some(2), "{}", text(&full));
-    let reason = if small.is_some() { "No space left on device" } else { "File too large" };
+    let reason = if small.is_some() {
+        "No space left on device"
+    } else {
+        "File too large"
+    };
     assert!(text(&full).contains(reason), "{}", text(&full));
-    let last = c.log_text().lines().last().unwrap_or_default().to_string();
-    assert!(last.contains("decision=error") && last.contains(reason), "{last}");
-    assert!(!dest.join(&other).exists(), "a partial file under the final name");
-    assert_eq!(temp_files(&dest), 0, "the failed copy left its temporary file");
+    let last = c.last_log_line();
+    assert!(
+        last.contains("decision=error") && last.contains(reason),
+        "{last}"
+    );
+    assert!(
+        !dest.join(&other).exists(),
+        "a partial file under the final name"
+    );
+    assert_eq!(
+        temp_files(&dest),
+        0,
+        "the failed copy left its temporary file"
+    );
     // Space is freed: archiving resumes.
     if small.is_some() {
         fs::remove_file(dest.join(&seg))?;
@@ -170,7 +211,14 @@ fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
     let resumed = run(&other, None)?;
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
     assert!(fs::read(dest.join(&other))? == fs::read(c.primary.data.join("pg_wal").join(&other))?);
-    eprintln!("full disk simulated with {}", if small.is_some() { "a 24 MiB tmpfs" } else { "ulimit -f" });
+    eprintln!(
+        "full disk simulated with {}",
+        if small.is_some() {
+            "a 24 MiB tmpfs"
+        } else {
+            "ulimit -f"
+        }
+    );
     Ok(())
 }
 
@@ -181,11 +229,21 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
     // As the server's user, as PostgreSQL runs it (root would ignore permission bits).
     let as_postgres = |extra: &[&str]| -> Result<Output> {
         let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(&c.walguard).arg("--config").arg(&c.config);
+        cmd.args(["-u", "postgres", "--"])
+            .arg(&c.walguard)
+            .arg("--config")
+            .arg(&c.config);
         cmd.args(extra).args(["archive", &wal_path, &seg]);
-        Ok(cmd.current_dir(&c.primary.data).stdin(Stdio::null()).output()?)
+        Ok(cmd
+            .current_dir(&c.primary.data)
+            .stdin(Stdio::null())
+            .output()?)
     };
-    let is_root = Command::new("id").arg("-u").output()?.stdout.starts_with(b"0\n");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()?
+        .stdout
+        .starts_with(b"0\n");
     if is_root {
         let read_only = c.base.join("read-only");
         fs::create_dir(&read_only)?; // owned by root, mode 755: postgres cannot write
@@ -199,12 +257,29 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
         fs::set_permissions(&hidden, fs::Permissions::from_mode(0o600))?;
         let out = as_postgres(&["--replicas", hidden.to_str().unwrap()])?;
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(text(&out).contains(&format!("cannot read the replicas list {}", hidden.display())), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!(
+                "cannot read the replicas list {}",
+                hidden.display()
+            )),
+            "{}",
+            text(&out)
+        );
     }
     let gone = c.base.join("vanished");
-    let out = c.walguard(&["--archive-dir", gone.to_str().unwrap(), "archive", &wal_path, &seg]);
+    let out = c.walguard(&[
+        "--archive-dir",
+        gone.to_str().unwrap(),
+        "archive",
+        &wal_path,
+        &seg,
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains(&format!("cannot create {}/.walguard-tmp", gone.display())), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("cannot create {}/.walguard-tmp", gone.display())),
+        "{}",
+        text(&out)
+    );
     assert!(!gone.exists());
 
     let open_list = c.base.join("open.list");
@@ -212,7 +287,11 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
     fs::set_permissions(&open_list, fs::Permissions::from_mode(0o666))?;
     let out = c.walguard(&["--replicas", open_list.to_str().unwrap(), "check", &seg]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("writable by every user"), "{}", text(&out));
+    assert!(
+        text(&out).contains("writable by every user"),
+        "{}",
+        text(&out)
+    );
 
     // The WAL file vanishes at a random moment: success with the whole file, or exit 2.
     let original = fs::read(c.primary.data.join(&wal_path))?;
@@ -233,12 +312,19 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
             Some(0) => ok += 1,
             Some(2) => {
                 failed += 1;
-                assert!(text(&out).contains("No such file or directory"), "{}", text(&out));
+                assert!(
+                    text(&out).contains("No such file or directory"),
+                    "{}",
+                    text(&out)
+                );
             }
             other => panic!("exit {other:?}: {}", text(&out)),
         }
         if dest.join(&seg).exists() {
-            assert!(fs::read(dest.join(&seg))? == original, "torn copy of a vanishing file");
+            assert!(
+                fs::read(dest.join(&seg))? == original,
+                "torn copy of a vanishing file"
+            );
             fs::remove_file(dest.join(&seg))?;
         }
     }
@@ -257,15 +343,36 @@ fn two_runs_at_once_leave_one_identical_file() -> Result<()> {
         let a = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
         let b = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
         let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);
-        assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)), "{}{}", text(&a), text(&b));
+        assert_eq!(
+            (a.status.code(), b.status.code()),
+            (Some(0), Some(0)),
+            "{}{}",
+            text(&a),
+            text(&b)
+        );
         assert!(fs::read(dest.join(&seg))? == original);
-        assert_eq!(fs::read_dir(&dest)?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".walguard-tmp")).count(), 1);
+        assert_eq!(
+            fs::read_dir(&dest)?
+                .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".walguard-tmp"))
+                .count(),
+            1
+        );
     }
     let log = c.log_text();
-    let archived = log.lines().filter(|l| l.contains(&format!("wal={seg} decision=archived"))).count();
-    let exists = log.lines().filter(|l| l.contains(&format!("wal={seg} decision=exists"))).count();
+    let archived = log
+        .lines()
+        .filter(|l| l.contains(&format!("wal={seg} decision=archived")))
+        .count();
+    let exists = log
+        .lines()
+        .filter(|l| l.contains(&format!("wal={seg} decision=exists")))
+        .count();
     // The cluster's own archiving of `seg` is one more `archived` line.
-    assert_eq!((archived, exists), (21, 20), "each race: one archived, one exists");
+    assert_eq!(
+        (archived, exists),
+        (21, 20),
+        "each race: one archived, one exists"
+    );
     Ok(())
 }
 
@@ -275,7 +382,11 @@ fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
     let r2 = c.replica("r2");
     c.stop(r2)?;
     let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
-    wait_for("a hold", WAIT, || Ok(c.log_text().contains(&format!("wal={} decision=held", held[0])).then_some(())))?;
+    wait_for("a hold", WAIT, || {
+        Ok(c.log_text()
+            .contains(&format!("wal={} decision=held", held[0]))
+            .then_some(()))
+    })?;
     let started = Instant::now();
     c.stop(&c.primary)?;
     let took = started.elapsed();
@@ -288,10 +399,19 @@ fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
     c.wait_archived(&after, WAIT)?;
     let archived = c.archived()?;
     for name in held.iter().chain([&after]) {
-        assert!(archived.contains(name), "{name} missing after restart: {archived:?}");
+        assert!(
+            archived.contains(name),
+            "{name} missing after restart: {archived:?}"
+        );
     }
-    let nums: Vec<u64> = archived.iter().map(|n| u64::from_str_radix(&n[8..], 16).unwrap()).collect();
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "gap: {archived:?}");
+    let nums: Vec<u64> = archived
+        .iter()
+        .map(|n| u64::from_str_radix(&n[8..], 16).unwrap())
+        .collect();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap: {archived:?}"
+    );
     Ok(())
 }
 
@@ -314,15 +434,30 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
             r1.port
         ),
     )?;
-    c.configure(r1, &format!("archive_command = '{} --config {} archive %p %f'", c.walguard.display(), config.display()))?;
+    c.configure(
+        r1,
+        &format!(
+            "archive_command = '{} --config {} archive %p %f'",
+            c.walguard.display(),
+            config.display()
+        ),
+    )?;
     let last_tl1 = c.switch_wal()?;
     c.wait_archived(&last_tl1, WAIT)?;
     c.wait_caught_up(&["r1", "r2"])?;
 
     c.stop(&c.primary)?;
     c.promote(r1)?;
-    c.configure(r2, &format!("primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=r2'", r1.port))?;
-    wait_for("the history file in the archive", WAIT, || Ok(c.archive.join("00000002.history").exists().then_some(())))?;
+    c.configure(
+        r2,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=r2'",
+            r1.port
+        ),
+    )?;
+    wait_for("the history file in the archive", WAIT, || {
+        Ok(c.archive.join("00000002.history").exists().then_some(()))
+    })?;
     wait_for("r2 to stream from r1", WAIT, || {
         let n = c.query_on(r1, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'r2' AND state = 'streaming'")?;
         Ok((n.as_deref() == Some("1")).then_some(()))
@@ -335,8 +470,14 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
     c.wait_archived_on(r1, &last_tl2, WAIT)?;
 
     let log = c.log_text();
-    assert!(log.contains("wal=00000002.history decision=archived"), "{log}");
-    let all: Vec<String> = fs::read_dir(&c.archive)?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    assert!(
+        log.contains("wal=00000002.history decision=archived"),
+        "{log}"
+    );
+    let all: Vec<String> = fs::read_dir(&c.archive)?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
     let timeline = |tli: &str| -> Vec<u64> {
         let mut n: Vec<u64> = all
             .iter()
@@ -349,12 +490,18 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
     let (tl1, tl2) = (timeline("00000001"), timeline("00000002"));
     for (name, nums) in [("timeline 1", &tl1), ("timeline 2", &tl2)] {
         assert!(!nums.is_empty(), "{name} empty: {all:?}");
-        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "gap on {name}: {all:?}");
+        assert!(
+            nums.windows(2).all(|w| w[1] == w[0] + 1),
+            "gap on {name}: {all:?}"
+        );
     }
     // Timeline 2 picks up where timeline 1 left off: its first segment is the one where
     // the switch happened, whose timeline-1 version is at most a .partial file.
     assert_eq!(tl1[0], 1);
     let switch = tl2[0];
-    assert!(*tl1.last().unwrap() + 1 >= switch, "timeline 1 stops short of the switch: {all:?}");
+    assert!(
+        *tl1.last().unwrap() + 1 >= switch,
+        "timeline 1 stops short of the switch: {all:?}"
+    );
     Ok(())
 }

@@ -469,6 +469,15 @@ impl Cluster {
             .expect("running walguard")
     }
 
+    /// The newest line of the decision log.
+    pub fn last_log_line(&self) -> String {
+        self.log_text()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
