@@ -619,6 +619,18 @@ mod tests {
     }
 
     #[test]
+    fn huge_keep_segments_saturates_and_holds() {
+        let o = obs(vec![ws(1, "r1", None, Some(u64::MAX - 1))]);
+        let policy = Policy {
+            keep_segments: u64::MAX,
+            ..Policy::default()
+        };
+        let v = decide_list("app:r1", &o, policy);
+        assert_eq!(v.need, Some(Lsn(u64::MAX)));
+        assert!(!v.archive);
+    }
+
+    #[test]
     fn flush_position_is_used_when_asked() {
         let mut w = ws(1, "r1", None, Some(0x300_0000));
         w.flush = Some(Lsn(0x400_0000));
