@@ -66,6 +66,19 @@ fn status_and_log_follow_an_outage() -> Result<()> {
     );
     assert_eq!(j["source"], "sql");
     assert!(j["archiver"]["last_archived_wal"].is_string());
+    let with_password = c.walguard(&[
+        "--conninfo",
+        &format!("{} password=hunter2", c.conninfo()),
+        "status",
+        "--json",
+    ]);
+    assert_eq!(
+        with_password.status.code(),
+        Some(0),
+        "{}",
+        text(&with_password)
+    );
+    assert!(!text(&with_password).contains("hunter2"));
 
     let r2 = c.replica("r2");
     c.stop(r2)?;

@@ -118,3 +118,24 @@ fn slaves_list_example_parses() {
     let entries = walguard::replicas::parse(text, "slaves.list.example").unwrap();
     assert!(entries.len() >= 5);
 }
+
+#[test]
+fn help_in_the_readme_is_the_binarys() {
+    let readme = include_str!("../README.md");
+    let start =
+        readme.find("## Commands\n\n```\n").expect("commands block") + "## Commands\n\n```\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let out = Command::new(WALGUARD).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<&str> = help
+        .lines()
+        .take_while(|l| !l.starts_with("Options:"))
+        .map(str::trim_end)
+        .collect();
+    let theirs: Vec<&str> = readme[start..end].lines().map(str::trim_end).collect();
+    assert_eq!(
+        ours.join("\n").trim(),
+        theirs.join("\n").trim(),
+        "README's help is stale: paste `walguard --help` again"
+    );
+}
