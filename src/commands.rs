@@ -61,6 +61,7 @@ impl<T, E: Into<anyhow::Error>> Hint<T> for std::result::Result<T, E> {
 }
 
 /// One invocation's context for its decision-log lines.
+#[derive(Clone)]
 struct Run {
     /// `None` for `check`, which is a dry run and writes no log line.
     log: Option<DecisionLog>,
@@ -86,12 +87,7 @@ impl Run {
     /// After `timeout`, logs and exits 2 whatever the main thread is doing (a hung
     /// connection, a stalled network file system): PostgreSQL's archiver waits for us.
     fn arm_watchdog(&self, timeout: Duration) {
-        let run = Run {
-            log: self.log.clone(),
-            cmd: self.cmd,
-            wal: self.wal.clone(),
-            started: self.started,
-        };
+        let run = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(timeout);
             let reason = format!(
@@ -243,6 +239,44 @@ fn event_of(wal: &str, g: &Gathered) -> Option<Event> {
     }
 }
 
+/// Runs `on_event` for `event`, within what is left of the timeout; returns how it ended.
+fn run_hook(
+    run: &Run,
+    settings: &Settings,
+    command: &str,
+    event: Event,
+    verdict: &Verdict,
+    fields: &[(&str, String)],
+) -> String {
+    let replicas = if event == Event::Released {
+        let entries: Vec<String> = verdict
+            .matches
+            .iter()
+            .map(|m| m.entry.to_string())
+            .collect();
+        entries.join(",")
+    } else {
+        verdict.blame.join(",")
+    };
+    let reason = fields
+        .iter()
+        .find(|(k, _)| *k == "reason")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    // Leave the watchdog a second: a slow hook must never turn the verdict into an error.
+    let limit = settings
+        .timeout
+        .saturating_sub(run.started.elapsed())
+        .saturating_sub(Duration::from_secs(1));
+    let details = Details {
+        event,
+        wal: &run.wal,
+        replicas: &replicas,
+        reason,
+    };
+    events::run_hook(command, &details, limit)
+}
+
 fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
     let archive_dir = settings
         .archive_dir
@@ -274,15 +308,7 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
     let verdict = &gathered.verdict;
     let mut fields = verdict_fields(verdict);
     if let Some(obs) = &gathered.observation {
-        fields.push((
-            "source",
-            if obs.origin == Origin::Ps {
-                "ps"
-            } else {
-                "sql"
-            }
-            .to_string(),
-        ));
+        fields.push(("source", obs.origin.as_str().to_string()));
     }
     let (level, decision, exit) = if !verdict.archive {
         (Level::Info, "held", Exit::Held)
@@ -306,34 +332,9 @@ fn archive(run: &Run, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Re
         }
     };
     if let (Some(command), Some(event)) = (&settings.on_event, event_of(&run.wal, &gathered)) {
-        let replicas = if event == Event::Released {
-            verdict
-                .matches
-                .iter()
-                .map(|m| m.entry.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        } else {
-            verdict.blame.join(",")
-        };
-        let reason = fields
-            .iter()
-            .find(|(k, _)| *k == "reason")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        // Leave the watchdog a second: a slow hook must never turn the verdict into an error.
-        let limit = settings
-            .timeout
-            .saturating_sub(run.started.elapsed())
-            .saturating_sub(Duration::from_secs(1));
-        let details = Details {
-            event,
-            wal: &run.wal,
-            replicas: &replicas,
-            reason: &reason,
-        };
+        let hook = run_hook(run, settings, command, event, verdict, &fields);
         fields.push(("event", event.as_str().to_string()));
-        fields.push(("hook", events::run_hook(command, &details, limit)));
+        fields.push(("hook", hook));
     }
     run.write(level, decision, fields);
     Ok(exit)

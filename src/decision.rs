@@ -3,7 +3,6 @@
 //! (Rule 1, the name, is settled by parsing a [`WalFile`]; rule 9, an unreachable
 //! database, never gets this far.)
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::observation::{Observation, Origin, Walsender};
@@ -41,15 +40,6 @@ impl Position {
             (Origin::Sql, Position::Replay) => "replay",
             (Origin::Sql, Position::Flush) => "flush",
         }
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Position::Replay => "replay",
-            Position::Flush => "flush",
-        })
     }
 }
 

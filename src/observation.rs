@@ -64,6 +64,15 @@ pub enum Origin {
     Ps,
 }
 
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Sql => "sql",
+            Origin::Ps => "ps",
+        }
+    }
+}
+
 /// `pg_stat_archiver`: what PostgreSQL's archiver did last.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Archiver {
