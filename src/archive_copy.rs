@@ -241,16 +241,6 @@ impl Staged {
     }
 }
 
-/// Copies `src` to `dir/name` durably, never replacing an existing file.
-pub fn store(
-    src: &Path,
-    dir: &Path,
-    name: &str,
-    stale_after: Duration,
-) -> Result<Stored, CopyError> {
-    stage(src, dir, name, stale_after)?.commit()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +260,16 @@ mod tests {
     }
     const NAME: &str = "000000010000000000000001";
     const STALE: Duration = Duration::from_secs(30);
+
+    /// Both phases at once, as `archive` does once the verdict is "archive".
+    fn store(
+        src: &Path,
+        dir: &Path,
+        name: &str,
+        stale_after: Duration,
+    ) -> Result<Stored, CopyError> {
+        stage(src, dir, name, stale_after)?.commit()
+    }
 
     #[test]
     fn copies_then_reports_exists_then_refuses_conflict() {

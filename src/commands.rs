@@ -143,6 +143,11 @@ fn parse_name(name: &str) -> Result<WalFile> {
         .hint("archive_command must pass %f as the name")
 }
 
+/// The replicas list named by the settings, read and (if asked) resolved.
+pub fn load_list(settings: &Settings) -> Result<Vec<replicas::Entry>> {
+    replicas::load(settings.replicas()?, settings.resolve).hint("fix the replicas list")
+}
+
 /// Asks the server, or the process titles when configured (`source`). `segment_bytes`
 /// is the segment file's size, which is all that tells the segment size without SQL.
 pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observation> {
@@ -197,8 +202,7 @@ fn decide(
             observation: None,
         });
     }
-    let list =
-        replicas::load(settings.replicas()?, settings.resolve).hint("fix the replicas list")?;
+    let list = load_list(settings)?;
     let obs = observe(settings, file.map(|m| m.len()))?;
     if let Some(size) = file.map(|m| m.len())
         && size != obs.segment_size.bytes()
@@ -209,12 +213,7 @@ fn decide(
             obs.segment_size.bytes()
         );
     }
-    let pressure = Pressure {
-        pg_wal_space: observation::space(&settings.pgdata.join("pg_wal")).ok(),
-        segment_age: file
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok()),
-    };
+    let pressure = observation::pressure(&settings.pgdata, file.and_then(|m| m.modified().ok()));
     let verdict = decision::decide(wal, Some(&obs), &pressure, &list, &settings.policy);
     Ok(Gathered {
         verdict,
@@ -374,7 +373,7 @@ fn explain(
     }
     out.push('\n');
     out.push_str(&status::replica_table(
-        &status::replica_views(verdict, obs, &settings.policy),
+        &status::replica_views(verdict, obs, &settings.policy, None),
         false,
     ));
     out.push('\n');

@@ -111,11 +111,7 @@ pub fn retained(obs: &Observation, wal: &WalFile) -> Option<u64> {
 }
 
 /// Rule 8: the first valve that trips, in the order min_free, max_retained, max_hold.
-pub fn check_valves(
-    valves: &Valves,
-    pressure: &Pressure,
-    retained: Option<u64>,
-) -> Option<Tripped> {
+fn check_valves(valves: &Valves, pressure: &Pressure, retained: Option<u64>) -> Option<Tripped> {
     if let Some(space) = pressure.pg_wal_space {
         let floor = valves.min_free.bytes(space.total);
         if floor > 0 && space.available < floor {

@@ -143,6 +143,24 @@ struct Open {
     attempts: u64,
 }
 
+impl Open {
+    /// The hold of `wal` as of `until`; `released` is `(when, how)` once it left pg_wal.
+    fn into_hold(self, wal: String, until: SystemTime, released: Option<(&str, &str)>) -> Hold {
+        Hold {
+            wal,
+            first_held: self.first_text,
+            released: released.map(|(when, _)| when.to_string()),
+            released_by: released.map(|(_, how)| how.to_string()),
+            seconds: until
+                .duration_since(self.first)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+            blame: self.blame,
+            attempts: self.attempts,
+        }
+    }
+}
+
 const KEEP_LONGEST: usize = 10;
 
 /// Builds the summary from any line source; `now` only ages the holds still open.
@@ -222,26 +240,15 @@ pub fn summarise(mut input: impl BufRead, now: SystemTime) -> std::io::Result<Su
                         .or_default() += 1;
                 }
                 if let Some(o) = open.remove(wal) {
-                    let seconds = ts
-                        .duration_since(o.first)
-                        .unwrap_or(Duration::ZERO)
-                        .as_secs();
+                    let hold = o.into_hold(wal.to_string(), ts, Some((ts_text, decision)));
+                    let seconds = hold.seconds;
                     s.holds_completed += 1;
                     s.hold_seconds_total += seconds;
-                    for b in &o.blame {
+                    for b in &hold.blame {
                         let t = s.per_replica.entry(b.clone()).or_default();
                         t.holds += 1;
                         t.longest_seconds = t.longest_seconds.max(seconds);
                     }
-                    let hold = Hold {
-                        wal: wal.to_string(),
-                        first_held: o.first_text,
-                        released: Some(ts_text.to_string()),
-                        released_by: Some(decision.to_string()),
-                        seconds,
-                        blame: o.blame,
-                        attempts: o.attempts,
-                    };
                     let at = s.longest_holds.partition_point(|h| h.seconds >= seconds);
                     if at < KEEP_LONGEST {
                         s.longest_holds.insert(at, hold);
@@ -261,18 +268,7 @@ pub fn summarise(mut input: impl BufRead, now: SystemTime) -> std::io::Result<Su
     }
     let mut still: Vec<Hold> = open
         .into_iter()
-        .map(|(wal, o)| Hold {
-            seconds: now
-                .duration_since(o.first)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
-            wal,
-            first_held: o.first_text,
-            released: None,
-            released_by: None,
-            blame: o.blame,
-            attempts: o.attempts,
-        })
+        .map(|(wal, o)| o.into_hold(wal, now, None))
         .collect();
     still.sort_by(|a, b| a.wal.cmp(&b.wal));
     s.open_holds = still;

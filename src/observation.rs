@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use thiserror::Error;
 
 use crate::conninfo::Target;
-use crate::decision::Space;
+use crate::decision::{Pressure, Space};
 use crate::settings::Bytes;
 use crate::wal::{Lsn, SegmentSize};
 
@@ -232,6 +232,15 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
         walsenders,
         archiver: Some(archiver),
     })
+}
+
+/// What the safety valves read locally: free space where `pgdata/pg_wal` lives, and the
+/// age of a segment file last modified at `modified`.
+pub fn pressure(pgdata: &std::path::Path, modified: Option<std::time::SystemTime>) -> Pressure {
+    Pressure {
+        pg_wal_space: space(&pgdata.join("pg_wal")).ok(),
+        segment_age: modified.and_then(|t| t.elapsed().ok()),
+    }
 }
 
 /// Free and total space of the file system holding `path` (statvfs: network file systems

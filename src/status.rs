@@ -8,10 +8,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::commands::{self, Exit, Hint};
-use crate::decision::{self, Policy, Pressure, Space, Unlisted, Verdict, check_valves};
-use crate::observation::{self, Archiver, Observation, Origin};
+use crate::decision::{self, Policy, Pressure, Space, Unlisted, Verdict};
+use crate::observation::{self, Archiver, Observation, Origin, Walsender};
 use crate::render::{human_bytes, table};
-use crate::replicas;
 use crate::settings::Settings;
 use crate::wal::{Lsn, SegmentId, WalFile};
 
@@ -21,6 +20,9 @@ pub struct ReplicaView {
     /// The list line, or `None` for a connected replica the list does not name.
     pub entry: Option<String>,
     pub connected: bool,
+    /// How a person recognises the walsender (table only; JSON has the parts).
+    #[serde(skip)]
+    pub walsender: Option<String>,
     pub pid: Option<i32>,
     pub application_name: Option<String>,
     pub client_addr: Option<String>,
@@ -37,54 +39,62 @@ pub struct ReplicaView {
     pub segments_behind: Option<usize>,
 }
 
-pub fn replica_views(verdict: &Verdict, obs: &Observation, policy: &Policy) -> Vec<ReplicaView> {
-    let view = |entry: Option<String>, w: Option<usize>, mark: &'static str| {
-        let ws = w.map(|w| &obs.walsenders[w]);
-        let lsn =
-            |f: fn(&observation::Walsender) -> Option<Lsn>| ws.and_then(f).map(|l| l.to_string());
-        let position = ws.and_then(|ws| policy.position.reported(obs.origin, ws));
-        ReplicaView {
-            entry,
-            connected: ws.is_some(),
-            pid: ws.map(|w| w.pid),
-            application_name: ws
-                .map(|w| w.application_name.clone())
-                .filter(|a| !a.is_empty()),
-            client_addr: ws.and_then(|w| w.client_addr).map(|a| a.to_string()),
-            state: ws.and_then(|w| w.state.clone()),
-            sent_lsn: lsn(|w| w.sent),
-            write_lsn: lsn(|w| w.write),
-            flush_lsn: lsn(|w| w.flush),
-            replay_lsn: lsn(|w| w.replay),
-            verdict: mark,
-            lag_bytes: obs
-                .current_lsn
-                .zip(position)
-                .map(|(c, p)| c.0.saturating_sub(p.0)),
-            segments_behind: None,
-        }
-    };
-    let mut views: Vec<ReplicaView> = verdict
-        .matches
-        .iter()
-        .map(|m| {
-            let past = m.walsender.is_some_and(|w| {
-                let at = policy.position.reported(obs.origin, &obs.walsenders[w]);
-                at.zip(verdict.need).is_some_and(|(at, need)| at >= need)
-            });
-            view(
-                Some(m.entry.to_string()),
-                m.walsender,
-                if past { "past" } else { "needs it" },
-            )
-        })
-        .collect();
-    let mark = match policy.unlisted {
+/// The views of every list entry, then every unlisted replica. `waiting_ends` (the end
+/// positions of the segments waiting in pg_wal) fills `segments_behind`, for `status`.
+pub fn replica_views(
+    verdict: &Verdict,
+    obs: &Observation,
+    policy: &Policy,
+    waiting_ends: Option<&[Lsn]>,
+) -> Vec<ReplicaView> {
+    let unlisted_mark = match policy.unlisted {
         Unlisted::Hold => "unlisted",
         Unlisted::Ignore => "ignored",
     };
-    views.extend(verdict.unlisted.iter().map(|&w| view(None, Some(w), mark)));
-    views
+    let listed = verdict
+        .matches
+        .iter()
+        .map(|m| (Some(m.entry.to_string()), m.walsender, None));
+    let unlisted = verdict
+        .unlisted
+        .iter()
+        .map(|&w| (None, Some(w), Some(unlisted_mark)));
+    listed
+        .chain(unlisted)
+        .map(|(entry, w, mark)| {
+            let ws = w.map(|w| &obs.walsenders[w]);
+            let lsn = |f: fn(&Walsender) -> Option<Lsn>| ws.and_then(f).map(|l| l.to_string());
+            let position = ws.and_then(|ws| policy.position.reported(obs.origin, ws));
+            let past = position
+                .zip(verdict.need)
+                .is_some_and(|(at, need)| at >= need);
+            ReplicaView {
+                entry,
+                connected: ws.is_some(),
+                walsender: ws.map(Walsender::describe),
+                pid: ws.map(|w| w.pid),
+                application_name: ws
+                    .map(|w| w.application_name.clone())
+                    .filter(|a| !a.is_empty()),
+                client_addr: ws.and_then(|w| w.client_addr).map(|a| a.to_string()),
+                state: ws.and_then(|w| w.state.clone()),
+                sent_lsn: lsn(|w| w.sent),
+                write_lsn: lsn(|w| w.write),
+                flush_lsn: lsn(|w| w.flush),
+                replay_lsn: lsn(|w| w.replay),
+                verdict: mark.unwrap_or(if past { "past" } else { "needs it" }),
+                lag_bytes: obs
+                    .current_lsn
+                    .zip(position)
+                    .map(|(c, p)| c.0.saturating_sub(p.0)),
+                segments_behind: waiting_ends.and_then(|ends| match (ws, position) {
+                    (_, Some(at)) => Some(ends.iter().filter(|end| **end > at).count()),
+                    (None, _) => Some(ends.len()),
+                    (Some(_), None) => None,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// The replicas as a table; `with_lag` adds the status-only columns.
@@ -98,16 +108,10 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool) -> String {
     let rows: Vec<Vec<String>> = views
         .iter()
         .map(|v| {
-            let who = match (v.pid, &v.application_name, &v.client_addr) {
-                (None, ..) => "not connected".to_string(),
-                (Some(pid), app, addr) => format!(
-                    "pid {pid}{} from {}",
-                    app.as_ref()
-                        .map(|a| format!(" app {a}"))
-                        .unwrap_or_default(),
-                    addr.as_deref().unwrap_or("local socket")
-                ),
-            };
+            let who = v
+                .walsender
+                .clone()
+                .unwrap_or_else(|| "not connected".to_string());
             let mut row = vec![
                 v.entry.clone().unwrap_or_else(|| "(not in list)".into()),
                 who,
@@ -271,8 +275,7 @@ fn valve_views(policy: &Policy, pressure: &Pressure, retained: Option<u64>) -> V
 }
 
 fn build(settings: &Settings) -> Result<(StatusView, bool)> {
-    let list =
-        replicas::load(settings.replicas()?, settings.resolve).hint("fix the replicas list")?;
+    let list = commands::load_list(settings)?;
     let waiting = waiting(&settings.pgdata)?;
     let oldest_segment = waiting
         .iter()
@@ -281,12 +284,10 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
             _ => None,
         });
     let obs = commands::observe(settings, oldest_segment.as_ref().map(|(_, w)| w.bytes))?;
-    let pressure = Pressure {
-        pg_wal_space: observation::space(&settings.pgdata.join("pg_wal")).ok(),
-        segment_age: oldest_segment
-            .as_ref()
-            .and_then(|(_, w)| w.modified?.elapsed().ok()),
-    };
+    let pressure = observation::pressure(
+        &settings.pgdata,
+        oldest_segment.as_ref().and_then(|(_, w)| w.modified),
+    );
     // The decision PostgreSQL's next attempt will get: for the oldest waiting segment, or,
     // with none waiting, for the last finished one, to show who would hold the next.
     let subject = match &oldest_segment {
@@ -304,7 +305,6 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
     let retained = oldest_segment
         .as_ref()
         .and_then(|(f, _)| decision::retained(&obs, f));
-    let mut replicas = replica_views(&verdict, &obs, &settings.policy);
     let segment_ends: Vec<Lsn> = waiting
         .iter()
         .filter_map(|w| match w.name.parse::<WalFile>() {
@@ -312,14 +312,7 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
             _ => None,
         })
         .collect();
-    for view in &mut replicas {
-        let w = obs.walsenders.iter().find(|w| Some(w.pid) == view.pid);
-        if let Some(at) = w.and_then(|w| settings.policy.position.reported(obs.origin, w)) {
-            view.segments_behind = Some(segment_ends.iter().filter(|end| **end > at).count());
-        } else if !view.connected {
-            view.segments_behind = Some(segment_ends.len());
-        }
-    }
+    let replicas = replica_views(&verdict, &obs, &settings.policy, Some(&segment_ends));
     let segments = segment_ends.len();
     let bytes: u64 = waiting.iter().map(|w| w.bytes).sum();
     let held = oldest_segment.is_some() && !verdict.archive;
@@ -335,9 +328,7 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
             segments,
             human_bytes(bytes)
         )
-    } else if let Some(t) = check_valves(&settings.policy.valves, &pressure, retained)
-        .filter(|_| !verdict.reasons.is_empty())
-    {
+    } else if let Some(t) = &verdict.valve {
         format!(
             "archiving flowing, through the {} safety valve: {}",
             t.valve, t.detail
