@@ -169,7 +169,7 @@ fn main() -> Result<()> {
     eprintln!("bench: starting a primary with 2 streaming replicas");
     let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
     let seg = c.switch_wal()?;
-    c.wait_archived(&seg, Duration::from_secs(90))?;
+    c.wait_archived(&seg, cluster::ARCHIVE_WAIT)?;
     let data = c.primary.data.clone();
     let wal = format!("pg_wal/{seg}");
     let src = data.join(&wal);

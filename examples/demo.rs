@@ -13,12 +13,9 @@ mod cluster;
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cluster::{Cluster, INTERRUPTED, Options, find_bindir, wait_for};
-
-const WAIT: Duration = Duration::from_secs(90);
+use cluster::{ARCHIVE_WAIT, Cluster, INTERRUPTED, Options, find_bindir, is_contiguous};
 
 fn step(n: u32, title: &str) {
     println!("\n=== Step {n}: {title}");
@@ -84,7 +81,7 @@ fn demo(exe: &std::path::Path) -> Result<()> {
     for _ in 0..3 {
         last = c.switch_wal()?;
     }
-    c.wait_archived(&last, WAIT)?;
+    c.wait_archived(&last, ARCHIVE_WAIT)?;
     show("archive", &c.archived()?.join("\n"));
     show("watchdog.log (last lines)", &log_tail(&c, 2));
 
@@ -97,10 +94,7 @@ fn demo(exe: &std::path::Path) -> Result<()> {
     println!("stopped r2 (pg_ctl stop -m fast)");
     let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
     println!("the primary finished segments {}", held.join(", "));
-    let needle = format!("wal={} decision=held", held[0]);
-    wait_for("the first hold", WAIT, || {
-        Ok(c.log_text().contains(&needle).then_some(()))
-    })?;
+    c.wait_log_line(&format!("wal={} decision=held", held[0]))?;
     show("watchdog.log (last lines)", &log_tail(&c, 2));
     walguard_shown(&c, &["check", &held[0]]);
     walguard_shown(&c, &["status"]);
@@ -121,18 +115,14 @@ fn demo(exe: &std::path::Path) -> Result<()> {
     c.start_node(r2)?;
     c.wait_streaming(2)?;
     let after = c.switch_wal()?;
-    c.wait_archived(&after, WAIT)?;
+    c.wait_archived(&after, ARCHIVE_WAIT)?;
     c.wait_caught_up(&["r1", "r2"])?;
     println!("r2 is streaming again and has replayed everything the primary wrote");
     show("watchdog.log (last lines)", &log_tail(&c, 3));
 
     step(5, "the archive is complete, with no gap");
     let archived = c.archived()?;
-    let numbers: Vec<u64> = archived
-        .iter()
-        .map(|n| u64::from_str_radix(&n[8..], 16))
-        .collect::<Result<_, _>>()?;
-    let contiguous = numbers.windows(2).all(|w| w[1] == w[0] + 1);
+    let contiguous = is_contiguous(&archived);
     show("archive", &archived.join("\n"));
     anyhow::ensure!(contiguous, "the archive has a gap: {archived:?}");
     anyhow::ensure!(

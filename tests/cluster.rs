@@ -5,28 +5,18 @@
 mod cluster;
 
 use std::fs;
-use std::time::Duration;
 
 use anyhow::Result;
-use cluster::{Cluster, Options, wait_for};
+use cluster::{ARCHIVE_WAIT, Cluster, Options, is_contiguous};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
-/// The archiver may be in its 60 s sleep after a hold; a new segment wakes it, but allow slack.
-const ARCHIVE_WAIT: Duration = Duration::from_secs(90);
 
 fn start(opts: Options) -> Cluster {
     Cluster::start(WALGUARD.as_ref(), opts).expect("starting the test cluster")
 }
 
-/// Segment names from `first` to `last` inclusive (same timeline and log).
 fn expect_contiguous(names: &[String]) {
-    let nums: Vec<u64> = names
-        .iter()
-        .map(|n| u64::from_str_radix(&n[8..], 16).unwrap())
-        .collect();
-    for pair in nums.windows(2) {
-        assert_eq!(pair[1], pair[0] + 1, "gap in the archive: {names:?}");
-    }
+    assert!(is_contiguous(names), "gap in the archive: {names:?}");
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -39,13 +29,7 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// The log line for `wal` with `decision`, once the archiver has written it.
 fn wait_log(c: &Cluster, wal: &str, decision: &str) -> Result<String> {
-    let needle = format!("wal={wal} decision={decision}");
-    wait_for(&format!("a log line `{needle}`"), ARCHIVE_WAIT, || {
-        Ok(c.log_text()
-            .lines()
-            .find(|l| l.contains(&needle))
-            .map(str::to_string))
-    })
+    c.wait_log_line(&format!("wal={wal} decision={decision}"))
 }
 
 #[test]

@@ -9,50 +9,33 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cluster::{Cluster, Options, wait_for};
+use cluster::{ARCHIVE_WAIT, Cluster, Options, output_text, wait_for};
 use serde_json::Value;
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
-const WAIT: Duration = Duration::from_secs(90);
 
 fn start() -> Result<Cluster> {
     let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
     // Let the archiver finish the segments the base backups produced before the test starts.
     let first = c.switch_wal()?;
-    c.wait_archived(&first, WAIT)?;
+    c.wait_archived(&first, ARCHIVE_WAIT)?;
     Ok(c)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
-}
-
-fn wait_log(c: &Cluster, needle: &str) -> Result<String> {
-    wait_for(&format!("log line with {needle}"), WAIT, || {
-        Ok(c.log_text()
-            .lines()
-            .find(|l| l.contains(needle))
-            .map(str::to_string))
-    })
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(o)))
 }
 
 #[test]
 fn status_and_log_follow_an_outage() -> Result<()> {
     let c = start()?;
     let healthy = c.walguard(&["status"]);
-    assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy));
+    assert_eq!(healthy.status.code(), Some(0), "{}", output_text(&healthy));
     assert!(
-        text(&healthy).starts_with("verdict: archiving flowing"),
+        output_text(&healthy).starts_with("verdict: archiving flowing"),
         "{}",
-        text(&healthy)
+        output_text(&healthy)
     );
     let j = json(&c.walguard(&["status", "--json"]));
     assert_eq!(j["verdict"]["state"], "flowing");
@@ -76,17 +59,17 @@ fn status_and_log_follow_an_outage() -> Result<()> {
         with_password.status.code(),
         Some(0),
         "{}",
-        text(&with_password)
+        output_text(&with_password)
     );
-    assert!(!text(&with_password).contains("hunter2"));
+    assert!(!output_text(&with_password).contains("hunter2"));
 
     let r2 = c.replica("r2");
     c.stop(r2)?;
     let held: Vec<String> = (0..2).map(|_| c.switch_wal()).collect::<Result<_>>()?;
-    wait_log(&c, &format!("wal={} decision=held", held[0]))?;
+    c.wait_log_line(&format!("wal={} decision=held", held[0]))?;
     let down = c.walguard(&["status"]);
-    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
-    let t = text(&down);
+    assert_eq!(down.status.code(), Some(1), "{}", output_text(&down));
+    let t = output_text(&down);
     assert!(t.starts_with("verdict: held by app:r2 since "), "{t}");
     assert!(t.contains("2 segments, 32 MiB"), "{t}");
     let j = json(&c.walguard(&["status", "--json"]));
@@ -116,10 +99,10 @@ fn status_and_log_follow_an_outage() -> Result<()> {
     c.start_node(r2)?;
     c.wait_streaming(2)?;
     let after = c.switch_wal()?;
-    c.wait_archived(&after, WAIT)?;
+    c.wait_archived(&after, ARCHIVE_WAIT)?;
 
     let log = c.walguard(&["log"]);
-    assert_eq!(log.status.code(), Some(0), "{}", text(&log));
+    assert_eq!(log.status.code(), Some(0), "{}", output_text(&log));
     let j = json(&c.walguard(&["log", "--json"]));
     assert_eq!(j["state"], "flowing", "{j}");
     assert_eq!(j["unparsable"], 0);
@@ -132,9 +115,9 @@ fn status_and_log_follow_an_outage() -> Result<()> {
         "{j}"
     );
     assert!(
-        text(&log).contains("current state: flowing"),
+        output_text(&log).contains("current state: flowing"),
         "{}",
-        text(&log)
+        output_text(&log)
     );
     Ok(())
 }
@@ -150,10 +133,10 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
     c.write_config(&hook)?;
     c.stop(c.replica("r2"))?;
     let seg = c.switch_wal()?;
-    wait_log(&c, &format!("wal={seg} decision=held"))?;
+    c.wait_log_line(&format!("wal={seg} decision=held"))?;
     // The archiver retries three times a second apart: one `held` event, not three.
     let held_line = format!("wal={seg} decision=held");
-    wait_for("three attempts", WAIT, || {
+    wait_for("three attempts", ARCHIVE_WAIT, || {
         Ok((c
             .log_text()
             .lines()
@@ -167,7 +150,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
     // max_hold of 1s: the next attempt archives it anyway.
     c.write_config(&format!("{hook}max_hold = \"1s\"\n"))?;
     c.switch_wal()?; // wakes the archiver
-    let line = wait_log(&c, &format!("wal={seg} decision=valve"))?;
+    let line = c.wait_log_line(&format!("wal={seg} decision=valve"))?;
     assert!(
         line.contains("level=warn") && line.contains("valve=max_hold"),
         "{line}"
@@ -192,11 +175,11 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
         c.walguard(&args)
     };
     let out = manual(&["--min-free", "100%"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(c.last_log_line().contains("decision=valve valve=min_free"));
     fs::remove_file(other.join(&pending))?;
     let out = manual(&["--max-retained", "1MiB"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(
         c.last_log_line()
             .contains("decision=valve valve=max_retained")
@@ -208,7 +191,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
 
     // A failing or hanging hook never changes the verdict.
     let out = manual(&["--on-event", "exit 3", "--min-free", "100%"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(
         c.last_log_line()
             .contains("hook=\"failed: exit status: 3\"")
@@ -223,7 +206,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
         "--min-free",
         "100%",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(started.elapsed() < Duration::from_secs(10));
     let last = c.last_log_line();
     assert!(
@@ -238,7 +221,7 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
     let c = start()?;
     c.write_list("127.0.0.1\n127.0.0.1\n")?;
     let seg = c.switch_wal()?;
-    c.wait_archived(&seg, WAIT)?;
+    c.wait_archived(&seg, ARCHIVE_WAIT)?;
     c.wait_caught_up(&["r1", "r2"])?;
     let wrong = ["--conninfo", "host=127.0.0.1 port=1 user=postgres"];
     let ask = |extra: &[&str]| {
@@ -248,13 +231,18 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
         c.walguard(&args)
     };
     let sql_only = ask(&[]);
-    assert_eq!(sql_only.status.code(), Some(2), "{}", text(&sql_only));
-    let auto = ask(&["--source", "auto"]);
-    assert_eq!(auto.status.code(), Some(0), "{}", text(&auto));
-    assert!(
-        text(&auto).contains("positions from walsender process titles"),
+    assert_eq!(
+        sql_only.status.code(),
+        Some(2),
         "{}",
-        text(&auto)
+        output_text(&sql_only)
+    );
+    let auto = ask(&["--source", "auto"]);
+    assert_eq!(auto.status.code(), Some(0), "{}", output_text(&auto));
+    assert!(
+        output_text(&auto).contains("positions from walsender process titles"),
+        "{}",
+        output_text(&auto)
     );
 
     // An archive by hand records the source in the log.
@@ -271,17 +259,17 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
         &format!("pg_wal/{seg}"),
         &seg,
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(c.last_log_line().contains("source=ps"));
 
     // One replica down: the titles show one walsender from 127.0.0.1, the list wants two.
     c.stop(c.replica("r2"))?;
     let held = ask(&["--source", "ps"]);
-    assert_eq!(held.status.code(), Some(1), "{}", text(&held));
+    assert_eq!(held.status.code(), Some(1), "{}", output_text(&held));
     assert!(
-        text(&held).contains("replica 127.0.0.1 not connected"),
+        output_text(&held).contains("replica 127.0.0.1 not connected"),
         "{}",
-        text(&held)
+        output_text(&held)
     );
     Ok(())
 }

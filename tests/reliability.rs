@@ -12,24 +12,15 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use cluster::{Cluster, Options, wait_for};
+use cluster::{ARCHIVE_WAIT, Cluster, Options, is_contiguous, output_text, wait_for};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
-const WAIT: Duration = Duration::from_secs(90);
 
 fn start() -> Result<(Cluster, String)> {
     let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
     let seg = c.switch_wal()?;
-    c.wait_archived(&seg, WAIT)?;
+    c.wait_archived(&seg, ARCHIVE_WAIT)?;
     Ok((c, seg))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// xorshift64*: reproducible randomness without a dependency; the seed is printed.
@@ -114,12 +105,12 @@ fn kill_9_at_random_points_never_leaves_a_torn_file() -> Result<()> {
     );
     // The next run archives correctly and cleans up what the killed runs left.
     let out = archive_cmd(&c, &dest, &wal_path, &seg).output()?;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(fs::read(dest.join(&seg))? == original);
     let other = c.switch_wal()?;
-    c.wait_archived(&other, WAIT)?;
+    c.wait_archived(&other, ARCHIVE_WAIT)?;
     let out = archive_cmd(&c, &dest, &format!("pg_wal/{other}"), &other).output()?;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(
         temp_files(&dest),
         0,
@@ -158,7 +149,7 @@ impl Drop for SmallFs {
 fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
     let (c, seg) = start()?;
     let other = c.switch_wal()?;
-    c.wait_archived(&other, WAIT)?;
+    c.wait_archived(&other, ARCHIVE_WAIT)?;
     let dest = c.base.join("small");
     let small = SmallFs::mount(&dest, 24);
     let run = |name: &str, limit: Option<&str>| -> Result<Output> {
@@ -180,16 +171,20 @@ fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
     let limit = if small.is_some() { None } else { Some("8192") }; // 4 MiB
     if small.is_some() {
         let first = run(&seg, None)?;
-        assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+        assert_eq!(first.status.code(), Some(0), "{}", output_text(&first));
     }
     let full = run(&other, limit)?;
-    assert_eq!(full.status.code(), Some(2), "{}", text(&full));
+    assert_eq!(full.status.code(), Some(2), "{}", output_text(&full));
     let reason = if small.is_some() {
         "No space left on device"
     } else {
         "File too large"
     };
-    assert!(text(&full).contains(reason), "{}", text(&full));
+    assert!(
+        output_text(&full).contains(reason),
+        "{}",
+        output_text(&full)
+    );
     let last = c.last_log_line();
     assert!(
         last.contains("decision=error") && last.contains(reason),
@@ -209,7 +204,7 @@ fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
         fs::remove_file(dest.join(&seg))?;
     }
     let resumed = run(&other, None)?;
-    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    assert_eq!(resumed.status.code(), Some(0), "{}", output_text(&resumed));
     assert!(fs::read(dest.join(&other))? == fs::read(c.primary.data.join("pg_wal").join(&other))?);
     eprintln!(
         "full disk simulated with {}",
@@ -248,22 +243,26 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
         let read_only = c.base.join("read-only");
         fs::create_dir(&read_only)?; // owned by root, mode 755: postgres cannot write
         let out = as_postgres(&["--archive-dir", read_only.to_str().unwrap()])?;
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+        assert!(
+            output_text(&out).contains("Permission denied"),
+            "{}",
+            output_text(&out)
+        );
         assert_eq!(fs::read_dir(&read_only)?.count(), 0);
 
         let hidden = c.base.join("hidden.list");
         fs::write(&hidden, "app:r1\napp:r2\n")?;
         fs::set_permissions(&hidden, fs::Permissions::from_mode(0o600))?;
         let out = as_postgres(&["--replicas", hidden.to_str().unwrap()])?;
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
         assert!(
-            text(&out).contains(&format!(
+            output_text(&out).contains(&format!(
                 "cannot read the replicas list {}",
                 hidden.display()
             )),
             "{}",
-            text(&out)
+            output_text(&out)
         );
     }
     let gone = c.base.join("vanished");
@@ -274,11 +273,11 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
         &wal_path,
         &seg,
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains(&format!("cannot create {}/.walguard-tmp", gone.display())),
+        output_text(&out).contains(&format!("cannot create {}/.walguard-tmp", gone.display())),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(!gone.exists());
 
@@ -286,11 +285,11 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
     fs::write(&open_list, "app:r1\napp:r2\n")?;
     fs::set_permissions(&open_list, fs::Permissions::from_mode(0o666))?;
     let out = c.walguard(&["--replicas", open_list.to_str().unwrap(), "check", &seg]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("writable by every user"),
+        output_text(&out).contains("writable by every user"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // The WAL file vanishes at a random moment: success with the whole file, or exit 2.
@@ -313,12 +312,12 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
             Some(2) => {
                 failed += 1;
                 assert!(
-                    text(&out).contains("No such file or directory"),
+                    output_text(&out).contains("No such file or directory"),
                     "{}",
-                    text(&out)
+                    output_text(&out)
                 );
             }
-            other => panic!("exit {other:?}: {}", text(&out)),
+            other => panic!("exit {other:?}: {}", output_text(&out)),
         }
         if dest.join(&seg).exists() {
             assert!(
@@ -347,8 +346,8 @@ fn two_runs_at_once_leave_one_identical_file() -> Result<()> {
             (a.status.code(), b.status.code()),
             (Some(0), Some(0)),
             "{}{}",
-            text(&a),
-            text(&b)
+            output_text(&a),
+            output_text(&b)
         );
         assert!(fs::read(dest.join(&seg))? == original);
         assert_eq!(
@@ -382,11 +381,7 @@ fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
     let r2 = c.replica("r2");
     c.stop(r2)?;
     let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
-    wait_for("a hold", WAIT, || {
-        Ok(c.log_text()
-            .contains(&format!("wal={} decision=held", held[0]))
-            .then_some(()))
-    })?;
+    c.wait_log_line(&format!("wal={} decision=held", held[0]))?;
     let started = Instant::now();
     c.stop(&c.primary)?;
     let took = started.elapsed();
@@ -396,7 +391,7 @@ fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
     c.start_node(r2)?;
     c.wait_streaming(2)?;
     let after = c.switch_wal()?;
-    c.wait_archived(&after, WAIT)?;
+    c.wait_archived(&after, ARCHIVE_WAIT)?;
     let archived = c.archived()?;
     for name in held.iter().chain([&after]) {
         assert!(
@@ -404,14 +399,7 @@ fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
             "{name} missing after restart: {archived:?}"
         );
     }
-    let nums: Vec<u64> = archived
-        .iter()
-        .map(|n| u64::from_str_radix(&n[8..], 16).unwrap())
-        .collect();
-    assert!(
-        nums.windows(2).all(|w| w[1] == w[0] + 1),
-        "gap: {archived:?}"
-    );
+    assert!(is_contiguous(&archived), "gap: {archived:?}");
     Ok(())
 }
 
@@ -443,7 +431,7 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
         ),
     )?;
     let last_tl1 = c.switch_wal()?;
-    c.wait_archived(&last_tl1, WAIT)?;
+    c.wait_archived(&last_tl1, ARCHIVE_WAIT)?;
     c.wait_caught_up(&["r1", "r2"])?;
 
     c.stop(&c.primary)?;
@@ -455,10 +443,10 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
             r1.port
         ),
     )?;
-    wait_for("the history file in the archive", WAIT, || {
+    wait_for("the history file in the archive", ARCHIVE_WAIT, || {
         Ok(c.archive.join("00000002.history").exists().then_some(()))
     })?;
-    wait_for("r2 to stream from r1", WAIT, || {
+    wait_for("r2 to stream from r1", ARCHIVE_WAIT, || {
         let n = c.query_on(r1, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'r2' AND state = 'streaming'")?;
         Ok((n.as_deref() == Some("1")).then_some(()))
     })?;
@@ -467,7 +455,7 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
         last_tl2 = c.switch_wal_on(r1)?;
     }
     assert!(last_tl2.starts_with("00000002"), "{last_tl2}");
-    c.wait_archived_on(r1, &last_tl2, WAIT)?;
+    c.wait_archived_on(r1, &last_tl2, ARCHIVE_WAIT)?;
 
     let log = c.log_text();
     assert!(

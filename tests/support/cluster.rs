@@ -89,6 +89,29 @@ pub fn wait_for<T>(
     }
 }
 
+/// How long to wait for the archiver: after three failed attempts it may sleep up to 60 s
+/// until a new segment wakes it.
+pub const ARCHIVE_WAIT: Duration = Duration::from_secs(90);
+
+/// Stdout then stderr of a finished command, for messages and assertions.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// True when the segment names (one timeline) follow each other with no gap.
+pub fn is_contiguous(names: &[String]) -> bool {
+    let nums: Vec<Option<u64>> = names
+        .iter()
+        .map(|n| u64::from_str_radix(n.get(8..)?, 16).ok())
+        .collect();
+    nums.windows(2)
+        .all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if b == a + 1))
+}
+
 pub struct Options {
     pub replicas: usize,
     /// initdb --wal-segsize, in MiB.
@@ -467,6 +490,17 @@ impl Cluster {
             .stdin(Stdio::null())
             .output()
             .expect("running walguard")
+    }
+
+    /// Waits (up to `ARCHIVE_WAIT`) for a decision-log line containing `needle`; returns it.
+    pub fn wait_log_line(&self, needle: &str) -> Result<String> {
+        wait_for(&format!("a log line with `{needle}`"), ARCHIVE_WAIT, || {
+            Ok(self
+                .log_text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string))
+        })
     }
 
     /// The newest line of the decision log.
