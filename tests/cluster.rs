@@ -83,8 +83,10 @@ fn stopped_replica_holds_segments_until_it_streams_again() -> Result<()> {
     c.stop(r2)?;
     let held: Vec<String> = (0..3).map(|_| c.switch_wal()).collect::<Result<_>>()?;
     let line = wait_log(&c, &held[0], "held")?;
+    // The first attempt may come before r1 reported replaying the segment (it reports
+    // every second), so r1 may be named too; r2 must be.
     assert!(
-        line.contains("reason=\"replica app:r2 not connected\""),
+        line.contains("reason=\"replica app:r2 not connected"),
         "{line}"
     );
     assert!(line.contains("replicas=1/2"), "{line}");

@@ -67,6 +67,8 @@ fn status_and_log_follow_an_outage() -> Result<()> {
     c.stop(r2)?;
     let held: Vec<String> = (0..2).map(|_| c.switch_wal()).collect::<Result<_>>()?;
     c.wait_log_line(&format!("wal={} decision=held", held[0]))?;
+    // r1 reports its replay position every second: let it catch up, so only r2 holds.
+    c.wait_caught_up(&["r1"])?;
     let down = c.walguard(&["status"]);
     assert_eq!(down.status.code(), Some(1), "{}", output_text(&down));
     let t = output_text(&down);
@@ -109,7 +111,14 @@ fn status_and_log_follow_an_outage() -> Result<()> {
     assert!(j["holds_completed"].as_u64().unwrap() >= 2, "{j}");
     let longest = &j["longest_holds"][0];
     assert!(longest["seconds"].as_u64().unwrap() >= 2, "{j}");
-    assert_eq!(longest["blame"], serde_json::json!(["app:r2"]));
+    // r2 held it; r1 too, briefly, if an attempt beat r1's once-a-second position report.
+    assert!(
+        longest["blame"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("app:r2")),
+        "{j}"
+    );
     assert!(
         j["per_replica"]["app:r2"]["holds"].as_u64().unwrap() >= 2,
         "{j}"
@@ -145,7 +154,13 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
             >= 3)
             .then_some(()))
     })?;
-    assert_eq!(fs::read_to_string(&events)?, format!("held {seg} app:r2\n"));
+    // One event; it names r2 (and r1 too if the first attempt beat r1's position report).
+    let held_events = fs::read_to_string(&events)?;
+    assert_eq!(held_events.lines().count(), 1, "{held_events}");
+    assert!(
+        held_events.starts_with(&format!("held {seg} app:r2")),
+        "{held_events}"
+    );
 
     // max_hold of 1s: the next attempt archives it anyway.
     c.write_config(&format!("{hook}max_hold = \"1s\"\n"))?;
