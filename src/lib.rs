@@ -1,32 +1,26 @@
 //! walguard: a WAL-aware `archive_command` guard for PostgreSQL.
 //!
-//! The binary (`src/main.rs`) is a thin wrapper around [`commands::run`]. The pure
-//! core is [`wal`], [`replicas`] and [`decision`]; the adapters around it are
-//! [`observation`] (the database), [`archive_copy`] (the file system) and
-//! [`decision_log`] (the log). See ARCHITECTURE.md.
+//! The binary (`src/main.rs`) is a thin wrapper around [`main`]. The pure core is the
+//! `walguard-core` crate (`crates/walguard-core`); around it, the adapters: [`observe`]
+//! (the server), [`store`] (the archive), [`log`] (the decision log), [`hook`]
+//! (`on_event`), [`settings`] and [`cli`]; on top, [`commands`], one file per
+//! subcommand. Each layer imports only those below it. See ARCHITECTURE.md.
 
-pub mod archive_copy;
 pub mod cli;
 pub mod commands;
-pub mod conninfo;
-pub mod decision;
-pub mod decision_log;
-pub mod events;
-pub mod files;
-pub mod log_summary;
-pub mod observation;
+pub mod exit;
+pub mod hook;
+pub mod log;
+pub mod observe;
 pub mod render;
-pub mod replicas;
 pub mod settings;
-pub mod status;
-pub mod titles;
-pub mod wal;
+pub mod store;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use cli::Cli;
-use commands::Exit;
+use exit::Exit;
 
 /// Exits 2 on a termination signal: PostgreSQL's archiver treats death by a signal as
 /// its own crash, while exit 2 is an ordinary failure it retries. A temporary file left

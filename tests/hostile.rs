@@ -7,11 +7,11 @@
 use std::process::Command;
 
 use proptest::prelude::*;
-use walguard::log_summary::parse_logfmt;
-use walguard::replicas;
+use walguard::observe::titles::parse_title;
 use walguard::settings::{self, Layer};
-use walguard::titles::parse_title;
-use walguard::wal::{Lsn, WalFile};
+use walguard_core::list as replicas;
+use walguard_core::logfmt::parse_logfmt;
+use walguard_core::wal::{Lsn, WalFile};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 

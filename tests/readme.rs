@@ -86,7 +86,7 @@ fn setup_section_is_accepted_by_the_binary() {
         .find(|(_, body)| body.starts_with("# one replica per line"))
         .expect("the list block")
         .1;
-    let entries = walguard::replicas::parse(list, "README slaves.list").unwrap();
+    let entries = walguard_core::list::parse(list, "README slaves.list").unwrap();
     assert_eq!(entries.len(), 3);
 
     // postgresql.conf: the archive_command, and every `walguard ...` line, by clap.
@@ -115,7 +115,7 @@ fn setup_section_is_accepted_by_the_binary() {
 #[test]
 fn slaves_list_example_parses() {
     let text = include_str!("../slaves.list.example");
-    let entries = walguard::replicas::parse(text, "slaves.list.example").unwrap();
+    let entries = walguard_core::list::parse(text, "slaves.list.example").unwrap();
     assert!(entries.len() >= 5);
 }
 

@@ -1,9 +1,9 @@
-//! The replicas list (`slaves.list`): one replica per line, each an IP address, a host
-//! name, or `app:NAME` (an `application_name`).
+//! The replicas list format (`slaves.list`): one replica per line, each an IP address, a
+//! host name, or `app:NAME` (an `application_name`). Resolving host names is I/O and
+//! happens outside the core.
 
+use core::net::IpAddr;
 use std::fmt;
-use std::net::{IpAddr, ToSocketAddrs};
-use std::path::Path;
 
 use thiserror::Error;
 
@@ -41,11 +41,6 @@ impl fmt::Display for Entry {
 
 #[derive(Debug, Error)]
 pub enum ListError {
-    #[error("cannot read the replicas list {file}: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
     #[error("{file}:{line}: {problem}")]
     Line {
         file: String,
@@ -114,43 +109,6 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, ListError> {
     Ok(entries)
 }
 
-/// Looks every host name up (DNS, /etc/hosts). Only called with `resolve = true`, and only
-/// costs anything when the list has host names.
-pub fn resolve(entries: &mut [Entry], file: &str) -> Result<(), ListError> {
-    for entry in entries.iter_mut() {
-        if let Selector::Host { name, addrs } = &mut entry.selector {
-            let found = (name.as_str(), 0)
-                .to_socket_addrs()
-                .map_err(|e| ListError::Line {
-                    file: file.to_string(),
-                    line: entry.line,
-                    problem: format!(
-                        "host name {name:?} does not resolve ({e}): fix the name, add it to /etc/hosts, or use its IP address"
-                    ),
-                })?;
-            let mut list: Vec<IpAddr> = found.map(|sa| sa.ip().to_canonical()).collect();
-            list.sort();
-            list.dedup();
-            *addrs = Some(list);
-        }
-    }
-    Ok(())
-}
-
-/// Reads, parses and (when asked) resolves the list file.
-pub fn load(path: &Path, resolve_names: bool) -> Result<Vec<Entry>, ListError> {
-    let file = path.display().to_string();
-    let (text, _) = crate::files::read_protected(path).map_err(|source| ListError::Read {
-        file: file.clone(),
-        source,
-    })?;
-    let mut entries = parse(&text, &file)?;
-    if resolve_names {
-        resolve(&mut entries, &file)?;
-    }
-    Ok(entries)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,24 +161,6 @@ mod tests {
                 "{text:?} -> {err}"
             );
         }
-    }
-
-    #[test]
-    fn resolves_localhost_and_reports_unknown_names() {
-        let mut ok = parse("localhost", "l").unwrap();
-        resolve(&mut ok, "l").unwrap();
-        match &ok[0].selector {
-            Selector::Host { addrs: Some(a), .. } => {
-                assert!(a.iter().any(|ip| ip.is_loopback()), "{a:?}")
-            }
-            other => panic!("{other:?}"),
-        }
-        let mut bad = parse("\nno-such-host.invalid", "l").unwrap();
-        let err = resolve(&mut bad, "l").unwrap_err().to_string();
-        assert!(
-            err.starts_with("l:2: host name \"no-such-host.invalid\" does not resolve"),
-            "{err}"
-        );
     }
 
     proptest! {

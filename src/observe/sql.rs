@@ -1,99 +1,14 @@
-//! What walguard observes on the primary: its `wal_segment_size` and its walsenders,
-//! read from `pg_stat_replication` in one round trip.
+//! What walguard observes on the primary over SQL: its `wal_segment_size`, its
+//! walsenders and its archiver, read in one round trip.
 
 use std::net::IpAddr;
 
 use thiserror::Error;
+use walguard_core::observation::{Archiver, Observation, Origin, Walsender};
+use walguard_core::units::Bytes;
+use walguard_core::wal::{Lsn, SegmentSize};
 
-use crate::conninfo::Target;
-use crate::decision::{Pressure, Space};
-use crate::settings::Bytes;
-use crate::wal::{Lsn, SegmentSize};
-
-/// One row of `pg_stat_replication`, as far as the decision needs it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Walsender {
-    pub pid: i32,
-    pub user: Option<String>,
-    pub application_name: String,
-    /// NULL for Unix-socket connections, and for roles without `pg_monitor`.
-    pub client_addr: Option<IpAddr>,
-    pub client_hostname: Option<String>,
-    /// NULL when the querying role lacks `pg_monitor`.
-    pub state: Option<String>,
-    pub sent: Option<Lsn>,
-    pub write: Option<Lsn>,
-    pub flush: Option<Lsn>,
-    pub replay: Option<Lsn>,
-    /// Belongs to a logical replication slot (a subscriber or decoding client).
-    pub logical: bool,
-}
-
-impl Walsender {
-    /// Physical streaming replicas only: logical walsenders, base backups and the WAL
-    /// stream of a running `pg_basebackup` must not hold the archive (DESIGN rule 4).
-    pub fn is_replica(&self) -> bool {
-        !self.logical
-            && self.state.as_deref() != Some("backup")
-            && self.application_name != "pg_basebackup"
-    }
-
-    /// How a person recognises this walsender: `pid 812 app r1 from 10.0.0.12`.
-    pub fn describe(&self) -> String {
-        let from = match (&self.client_addr, &self.client_hostname) {
-            (Some(addr), _) => addr.to_string(),
-            (None, Some(host)) => host.clone(),
-            (None, None) => "local socket".to_string(),
-        };
-        let app = if self.application_name.is_empty() {
-            String::new()
-        } else {
-            format!(" app {}", self.application_name)
-        };
-        format!("pid {}{app} from {from}", self.pid)
-    }
-}
-
-/// Where an observation came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// `pg_stat_replication`: write, flush and replay positions.
-    Sql,
-    /// walsender process titles: only the *sent* position, no application_name.
-    Ps,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Sql => "sql",
-            Origin::Ps => "ps",
-        }
-    }
-}
-
-/// `pg_stat_archiver`: what PostgreSQL's archiver did last.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Archiver {
-    pub last_archived_wal: Option<String>,
-    pub last_archived_time: Option<String>,
-    pub last_failed_wal: Option<String>,
-    pub last_failed_time: Option<String>,
-    pub failed_count: u64,
-}
-
-/// Everything the decision needs from the server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observation {
-    pub origin: Origin,
-    pub segment_size: SegmentSize,
-    /// The primary's current write position (NULL on a standby; unknown from ps).
-    pub current_lsn: Option<Lsn>,
-    pub walsenders: Vec<Walsender>,
-    /// Unknown from ps.
-    pub archiver: Option<Archiver>,
-}
+use super::conninfo::Target;
 
 #[derive(Debug, Error)]
 pub enum ObserveError {
@@ -231,40 +146,5 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
         current_lsn,
         walsenders,
         archiver: Some(archiver),
-    })
-}
-
-/// What the safety valves read locally: free space where `pgdata/pg_wal` lives, and the
-/// age of a segment file last modified at `modified`.
-pub fn pressure(pgdata: &std::path::Path, modified: Option<std::time::SystemTime>) -> Pressure {
-    Pressure {
-        pg_wal_space: space(&pgdata.join("pg_wal")).ok(),
-        segment_age: modified.and_then(|t| t.elapsed().ok()),
-    }
-}
-
-/// Free and total space of the file system holding `path` (statvfs: network file systems
-/// included).
-pub fn space(path: &std::path::Path) -> std::io::Result<Space> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: c_path is NUL-terminated; st is written by statvfs before we read it.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs succeeded, so st is initialised.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on some 32-bit ones): widen explicitly.
-    #[allow(clippy::useless_conversion)]
-    let (frsize, bavail, blocks) = (
-        u64::from(st.f_frsize),
-        u64::from(st.f_bavail),
-        u64::from(st.f_blocks),
-    );
-    Ok(Space {
-        available: bavail * frsize,
-        total: blocks * frsize,
     })
 }

@@ -3,16 +3,16 @@
 //! (Rule 1, the name, is settled by parsing a [`WalFile`]; rule 9, an unreachable
 //! database, never gets this far.)
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use crate::observation::{Observation, Origin, Walsender};
-use crate::render::human_bytes;
-use crate::replicas::{Entry, Selector};
-use crate::settings::FreeSpace;
+use crate::list::{Entry, Selector};
+use crate::observation::{Observation, Origin, Pressure, Walsender};
+use crate::units::{FreeSpace, human_bytes};
 use crate::wal::{Lsn, WalFile};
 
 /// Which replica position must pass the segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Position {
     /// Replayed: the replica's data already contains the segment.
@@ -23,6 +23,9 @@ pub enum Position {
 }
 
 impl Position {
+    /// The spellings settings accept.
+    pub const NAMES: [&'static str; 2] = ["replay", "flush"];
+
     /// The position of `ws` that counts. Process titles only show the sent position, so
     /// that is all a ps observation offers.
     pub fn reported(self, origin: Origin, ws: &Walsender) -> Option<Lsn> {
@@ -43,13 +46,42 @@ impl Position {
     }
 }
 
+impl FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "replay" => Ok(Position::Replay),
+            "flush" => Ok(Position::Flush),
+            _ => Err(format!("{s:?} is not a position: replay or flush")),
+        }
+    }
+}
+
 /// What to do about a connected replica that the list does not name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unlisted {
     #[default]
     Hold,
     Ignore,
+}
+
+impl Unlisted {
+    /// The spellings settings accept.
+    pub const NAMES: [&'static str; 2] = ["hold", "ignore"];
+}
+
+impl FromStr for Unlisted {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hold" => Ok(Unlisted::Hold),
+            "ignore" => Ok(Unlisted::Ignore),
+            _ => Err(format!(
+                "{s:?} is not a choice for unlisted: hold or ignore"
+            )),
+        }
+    }
 }
 
 /// The safety valves (rule 8): when one trips, a held segment is archived anyway.
@@ -77,21 +109,6 @@ pub struct Policy {
     pub keep_segments: u64,
     pub unlisted: Unlisted,
     pub valves: Valves,
-}
-
-/// Space on a file system, from statvfs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Space {
-    pub available: u64,
-    pub total: u64,
-}
-
-/// Local facts the valves read: free space where pg_wal lives and how long the segment
-/// has waited (its file's age). `None` where unknown; an unknown fact trips nothing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pressure {
-    pub pg_wal_space: Option<Space>,
-    pub segment_age: Option<Duration>,
 }
 
 /// A valve that tripped, and why.
@@ -409,7 +426,9 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replicas::parse;
+    use crate::list::parse;
+    use crate::observation::Space;
+    use crate::units::Bytes;
     use crate::wal::{SegmentId, SegmentSize};
     use proptest::prelude::*;
 
@@ -775,7 +794,7 @@ mod tests {
             (
                 "min_free 0 disables",
                 Valves {
-                    min_free: FreeSpace::Size(crate::settings::Bytes(0)),
+                    min_free: FreeSpace::Size(Bytes(0)),
                     ..Valves::default()
                 },
                 Pressure {
@@ -788,7 +807,7 @@ mod tests {
             (
                 "absolute floor",
                 Valves {
-                    min_free: FreeSpace::Size(crate::settings::Bytes(2 * gib)),
+                    min_free: FreeSpace::Size(Bytes(2 * gib)),
                     ..Valves::default()
                 },
                 Pressure {

@@ -6,25 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The first hold of a segment (not every retry).
-    Held,
-    /// The first archive of a segment after it was held.
-    Released,
-    /// A safety valve archived a held segment.
-    Valve,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Held => "held",
-            Event::Released => "released",
-            Event::Valve => "valve",
-        }
-    }
-}
+use walguard_core::event::Event;
 
 /// What the hook is told.
 pub struct Details<'a> {

@@ -1,98 +1,15 @@
-//! `walguard log`: what the decision log says, summarised. Streams the file line by line
+//! What the decision log says, summarised (for `walguard log`). Streams the file line by line
 //! (a million lines is a normal month), keeping only the holds still open and the totals.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::BufRead;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
+use walguard_core::logfmt::parse_logfmt;
 
-use crate::commands::{Exit, Hint};
 use crate::render::table;
-
-/// Splits one logfmt line into key/value pairs; `None` if it is not logfmt. Borrows
-/// from the line unless a value has escapes: this runs a million times on a big log.
-pub fn parse_logfmt(line: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
-    let line = line.trim_end();
-    let bytes = line.as_bytes();
-    let mut pairs = Vec::with_capacity(16);
-    let mut i = 0;
-    loop {
-        while i < bytes.len() && bytes[i] == b' ' {
-            i += 1;
-        }
-        if i == bytes.len() {
-            return (!pairs.is_empty()).then_some(pairs);
-        }
-        let key_end = i + memchr::memchr(b'=', &bytes[i..])?;
-        let key = &line[i..key_end];
-        if key.is_empty() || key.bytes().any(|b| b.is_ascii_whitespace() || b == b'"') {
-            return None;
-        }
-        i = key_end + 1;
-        if bytes.get(i) == Some(&b'"') {
-            let value_start = i + 1;
-            let mut escaped = false;
-            i = value_start;
-            loop {
-                i += memchr::memchr2(b'"', b'\\', &bytes[i..])?;
-                if bytes[i] == b'"' {
-                    break;
-                }
-                escaped = true;
-                i += 2;
-                if i > bytes.len() {
-                    return None;
-                }
-            }
-            let raw = &line[value_start..i];
-            i += 1; // closing quote
-            if i < bytes.len() && bytes[i] != b' ' {
-                return None;
-            }
-            pairs.push((
-                key,
-                if escaped {
-                    Cow::Owned(unescape(raw)?)
-                } else {
-                    Cow::Borrowed(raw)
-                },
-            ));
-        } else {
-            let value_end = memchr::memchr(b' ', &bytes[i..]).map_or(bytes.len(), |n| i + n);
-            pairs.push((key, Cow::Borrowed(&line[i..value_end])));
-            i = value_end;
-        }
-    }
-}
-
-/// Undoes the escapes the decision log writes: `\"`, `\\`, `\n`, `\u{hex}`.
-fn unescape(raw: &str) -> Option<String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next()? {
-            'n' => out.push('\n'),
-            'u' => {
-                if chars.next()? != '{' {
-                    return None;
-                }
-                let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-            }
-            c => out.push(c),
-        }
-    }
-    Some(out)
-}
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Hold {
@@ -402,62 +319,10 @@ pub fn render(file: &str, s: &Summary) -> String {
     out
 }
 
-pub fn run(file: Option<&Path>, json: bool) -> Result<Exit> {
-    let file = file.ok_or_else(|| {
-        anyhow!("no log file: give one (walguard log FILE) or set log_file in the config file")
-    })?;
-    let f = std::fs::File::open(file)
-        .with_context(|| format!("cannot read the decision log {}", file.display()))
-        .hint("check the path and that you may read it")?;
-    let reader = std::io::BufReader::with_capacity(1 << 16, f);
-    let summary = summarise(reader, SystemTime::now())
-        .with_context(|| format!("reading {}", file.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!("{}", render(&file.display().to_string(), &summary));
-    }
-    Ok(Exit::Ok)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision_log::{Level, format_line};
     use proptest::prelude::*;
-
-    #[test]
-    fn logfmt_round_trip_with_the_writer() {
-        let fields = vec![
-            ("cmd", "archive".to_string()),
-            (
-                "reason",
-                "replica \"app:r2\" not connected\nx\\y\u{1}".to_string(),
-            ),
-            ("empty", String::new()),
-        ];
-        let line = format_line(SystemTime::UNIX_EPOCH, Level::Warn, &fields);
-        let pairs = parse_logfmt(&line).unwrap();
-        assert_eq!((pairs[1].0, pairs[1].1.as_ref()), ("level", "warn"));
-        let got: Vec<(&str, &str)> = pairs[3..].iter().map(|(k, v)| (*k, v.as_ref())).collect();
-        let want: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn garbage_is_not_logfmt() {
-        for bad in [
-            "",
-            "   ",
-            "hello world",
-            "a=\"unterminated",
-            "=x",
-            "a=\"q\"junk",
-            "k\"=v",
-        ] {
-            assert_eq!(parse_logfmt(bad), None, "{bad:?}");
-        }
-    }
 
     fn lines(text: &str) -> &[u8] {
         text.as_bytes()
@@ -524,13 +389,6 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
         fn never_panics(text in "(\\PC{0,60}\n){0,20}") {
             let s = summarise(lines(&text), SystemTime::now()).unwrap();
             prop_assert!(s.unparsable <= s.lines);
-        }
-
-        #[test]
-        fn any_written_value_reads_back(value in "\\PC{0,40}") {
-            let line = format_line(SystemTime::UNIX_EPOCH, Level::Info, &[("reason", value.clone())]);
-            let pairs = parse_logfmt(&line).unwrap();
-            prop_assert_eq!(pairs[3].1.as_ref(), value.as_str());
         }
     }
 }

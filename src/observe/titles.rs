@@ -10,9 +10,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use thiserror::Error;
-
-use crate::observation::{Observation, Origin, Walsender};
-use crate::wal::{Lsn, SegmentSize};
+use walguard_core::observation::{Observation, Origin, Walsender};
+use walguard_core::wal::{Lsn, SegmentSize};
 
 /// What a walsender title tells.
 #[derive(Clone, Debug, PartialEq, Eq)]

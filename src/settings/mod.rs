@@ -2,14 +2,18 @@
 //! environment variables. A flag beats the environment (clap does that), which beats
 //! the file.
 
+pub mod files;
+pub mod list;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Deserialize;
 use thiserror::Error;
-
-use crate::decision::{Policy, Position, Unlisted, Valves};
+use walguard_core::decision::{Policy, Position, Unlisted, Valves};
+use walguard_core::units::{Bytes, FreeSpace, deserialize_from_str};
 
 /// A duration written the human way: `30s`, `6h`, `1m 30s`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,93 +30,17 @@ impl FromStr for Span {
 
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        deserialize_from_str(d)
     }
 }
 
-/// A size in bytes, written like PostgreSQL's settings: `4GiB`, `512MB`, `1024` (units are
-/// powers of 1024, as in postgresql.conf; `kB`/`KiB`, `MB`/`MiB`, `GB`/`GiB`, `TB`/`TiB`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bytes(pub u64);
-
-impl FromStr for Bytes {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
-        let shift = match unit.trim() {
-            "" | "B" => 0,
-            "kB" | "KB" | "KiB" => 10,
-            "MB" | "MiB" => 20,
-            "GB" | "GiB" => 30,
-            "TB" | "TiB" => 40,
-            _ => return Err(format!("{s:?} is not a size like \"512MiB\" or \"50GiB\"")),
-        };
-        number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1 << shift))
-            .map(Bytes)
-            .ok_or_else(|| format!("{s:?} is not a size like \"512MiB\" or \"50GiB\""))
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The `min_free` valve: free space on pg_wal's file system, as a share or a size.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum FreeSpace {
-    Percent(f64),
-    Size(Bytes),
-}
-
-impl FreeSpace {
-    /// The threshold in bytes on a file system of `total` bytes; 0 means disabled.
-    pub fn bytes(self, total: u64) -> u64 {
-        match self {
-            FreeSpace::Percent(p) => (total as f64 * p / 100.0) as u64,
-            FreeSpace::Size(b) => b.0,
-        }
-    }
-}
-
-impl std::fmt::Display for FreeSpace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FreeSpace::Percent(p) => write!(f, "{p}%"),
-            FreeSpace::Size(b) => write!(f, "{}", crate::render::human_bytes(b.0)),
-        }
-    }
-}
-
-impl FromStr for FreeSpace {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().strip_suffix('%') {
-            Some(p) => match p.trim().parse::<f64>() {
-                Ok(p) if (0.0..=100.0).contains(&p) => Ok(FreeSpace::Percent(p)),
-                _ => Err(format!("{s:?} is not a percentage from 0% to 100%")),
-            },
-            None => s.parse().map(FreeSpace::Size),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for FreeSpace {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
+/// A clap parser for one of the core's choices (`Position`, `Unlisted`): the names show in
+/// `--help` and completions, the core's `FromStr` does the parsing.
+fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
 
 /// Where replica positions come from.
@@ -158,7 +86,7 @@ pub struct Layer {
     pub log_file: Option<PathBuf>,
 
     /// Which replica position must pass the segment [default: replay]
-    #[arg(long, global = true, env = "WALGUARD_POSITION", value_enum)]
+    #[arg(long, global = true, env = "WALGUARD_POSITION", value_parser = choice::<Position>(&Position::NAMES))]
     pub position: Option<Position>,
 
     /// Extra whole segments every replica must be past [default: 0]
@@ -166,7 +94,7 @@ pub struct Layer {
     pub keep_segments: Option<u64>,
 
     /// A connected replica that is not in the list [default: hold]
-    #[arg(long, global = true, env = "WALGUARD_UNLISTED", value_enum)]
+    #[arg(long, global = true, env = "WALGUARD_UNLISTED", value_parser = choice::<Unlisted>(&Unlisted::NAMES))]
     pub unlisted: Option<Unlisted>,
 
     /// Resolve host names in the list to addresses (DNS, /etc/hosts) [default: true]
@@ -287,7 +215,7 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         Some(path) => {
             let name = path.display().to_string();
             let (text, mode) =
-                crate::files::read_protected(path).map_err(|source| SettingsError::Read {
+                files::read_protected(path).map_err(|source| SettingsError::Read {
                     file: name.clone(),
                     source,
                 })?;
@@ -378,31 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_shares() {
-        let sizes = [
-            ("0", Some(0)),
-            ("1024", Some(1024)),
-            ("4GiB", Some(4 << 30)),
-            ("512MB", Some(512 << 20)),
-            ("16 kB", Some(16 << 10)),
-            ("1TiB", Some(1 << 40)),
-            ("1.5GB", None),
-            ("GB", None),
-            ("-1MB", None),
-            ("1PB", None),
-            ("99999999999TB", None),
-        ];
-        for (text, want) in sizes {
-            assert_eq!(text.parse::<Bytes>().ok().map(|b| b.0), want, "{text}");
-        }
-        assert_eq!("10%".parse::<FreeSpace>(), Ok(FreeSpace::Percent(10.0)));
-        assert_eq!("2.5 %".parse::<FreeSpace>(), Ok(FreeSpace::Percent(2.5)));
-        assert!("101%".parse::<FreeSpace>().is_err());
-        assert_eq!(
-            "4GiB".parse::<FreeSpace>(),
-            Ok(FreeSpace::Size(Bytes(4 << 30)))
-        );
-        assert_eq!(FreeSpace::Percent(10.0).bytes(1000), 100);
+    fn valves_from_the_file() {
         let s = with_file(
             "replicas = \"/r\"\nmin_free = \"0\"\nmax_retained = \"50GiB\"\nmax_hold = \"6h\"\non_event = \"logger x\"\nsource = \"auto\"",
             Layer::default(),

@@ -1,0 +1,107 @@
+//! What the decision reads: the primary's walsenders and archiver as observed (from SQL,
+//! process titles or shared memory), and the local pressure the safety valves look at.
+
+use core::net::IpAddr;
+use std::time::Duration;
+
+use crate::wal::{Lsn, SegmentSize};
+
+/// One row of `pg_stat_replication`, as far as the decision needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Walsender {
+    pub pid: i32,
+    pub user: Option<String>,
+    pub application_name: String,
+    /// NULL for Unix-socket connections, and for roles without `pg_monitor`.
+    pub client_addr: Option<IpAddr>,
+    pub client_hostname: Option<String>,
+    /// NULL when the querying role lacks `pg_monitor`.
+    pub state: Option<String>,
+    pub sent: Option<Lsn>,
+    pub write: Option<Lsn>,
+    pub flush: Option<Lsn>,
+    pub replay: Option<Lsn>,
+    /// Belongs to a logical replication slot (a subscriber or decoding client).
+    pub logical: bool,
+}
+
+impl Walsender {
+    /// Physical streaming replicas only: logical walsenders, base backups and the WAL
+    /// stream of a running `pg_basebackup` must not hold the archive (DESIGN rule 4).
+    pub fn is_replica(&self) -> bool {
+        !self.logical
+            && self.state.as_deref() != Some("backup")
+            && self.application_name != "pg_basebackup"
+    }
+
+    /// How a person recognises this walsender: `pid 812 app r1 from 10.0.0.12`.
+    pub fn describe(&self) -> String {
+        let from = match (&self.client_addr, &self.client_hostname) {
+            (Some(addr), _) => addr.to_string(),
+            (None, Some(host)) => host.clone(),
+            (None, None) => "local socket".to_string(),
+        };
+        let app = if self.application_name.is_empty() {
+            String::new()
+        } else {
+            format!(" app {}", self.application_name)
+        };
+        format!("pid {}{app} from {from}", self.pid)
+    }
+}
+
+/// Where an observation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `pg_stat_replication`: write, flush and replay positions.
+    Sql,
+    /// walsender process titles: only the *sent* position, no application_name.
+    Ps,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Sql => "sql",
+            Origin::Ps => "ps",
+        }
+    }
+}
+
+/// `pg_stat_archiver`: what PostgreSQL's archiver did last.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Archiver {
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+    pub failed_count: u64,
+}
+
+/// Everything the decision needs from the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub origin: Origin,
+    pub segment_size: SegmentSize,
+    /// The primary's current write position (NULL on a standby; unknown from ps).
+    pub current_lsn: Option<Lsn>,
+    pub walsenders: Vec<Walsender>,
+    /// Unknown from ps.
+    pub archiver: Option<Archiver>,
+}
+
+/// Space on a file system, from statvfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Space {
+    pub available: u64,
+    pub total: u64,
+}
+
+/// Local facts the valves read: free space where pg_wal lives and how long the segment
+/// has waited (its file's age). `None` where unknown; an unknown fact trips nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub pg_wal_space: Option<Space>,
+    pub segment_age: Option<Duration>,
+}

@@ -1,0 +1,92 @@
+//! `walguard check WAL_NAME`: the dry run. Decides, explains, copies and logs nothing.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use walguard_core::decision::Verdict;
+use walguard_core::observation::{Observation, Origin};
+use walguard_core::wal::WalFile;
+
+use super::gather;
+use super::views::{replica_table, replica_views};
+use crate::exit::Exit;
+use crate::settings::Settings;
+
+/// The `check` report: what a person needs to see to trust (or fix) the verdict.
+fn explain(
+    wal: &WalFile,
+    verdict: &Verdict,
+    obs: Option<&Observation>,
+    settings: &Settings,
+) -> String {
+    let mut out = String::new();
+    let Some(obs) = obs else {
+        let _ = writeln!(out, "{wal}: {} file", wal.kind());
+        for r in &verdict.reasons {
+            let _ = writeln!(out, "{r}");
+        }
+        out.push_str("verdict: ARCHIVE\n");
+        return out;
+    };
+    let position = settings.policy.position.name(obs.origin);
+    let _ = writeln!(
+        out,
+        "{wal}: segment, wal_segment_size {} MiB",
+        obs.segment_size.bytes() >> 20
+    );
+    if obs.origin == Origin::Ps {
+        out.push_str("positions from walsender process titles (sent, not replayed): the database could not be queried\n");
+    }
+    if let Some(need) = verdict.need {
+        let _ = writeln!(
+            out,
+            "every listed replica must have its {position} position at or past {need} (segment end + {} extra segments)",
+            settings.policy.keep_segments
+        );
+    }
+    out.push('\n');
+    out.push_str(&replica_table(
+        &replica_views(verdict, obs, &settings.policy, None),
+        false,
+    ));
+    out.push('\n');
+    if let Some(t) = &verdict.valve {
+        let _ = writeln!(
+            out,
+            "verdict: ARCHIVE ANYWAY: safety valve {}: {}",
+            t.valve, t.detail
+        );
+        let _ = writeln!(
+            out,
+            "  left behind (will need the archive or a new base backup):"
+        );
+        for r in &verdict.reasons {
+            let _ = writeln!(out, "  - {r}");
+        }
+    } else if verdict.archive {
+        out.push_str("verdict: ARCHIVE: every listed replica is past this segment\n");
+    } else {
+        out.push_str("verdict: HOLD\n");
+        for r in &verdict.reasons {
+            let _ = writeln!(out, "  - {r}");
+        }
+    }
+    out
+}
+
+pub fn run(settings: &Settings, wal: &WalFile) -> Result<Exit> {
+    // Cross-check the size, and age the hold, when the file is in this server's pg_wal.
+    let in_pg_wal: PathBuf = settings.pgdata.join("pg_wal").join(wal.to_string());
+    let meta = std::fs::metadata(&in_pg_wal).ok();
+    let g = gather::decide(settings, wal, meta.as_ref())?;
+    print!(
+        "{}",
+        explain(wal, &g.verdict, g.observation.as_ref(), settings)
+    );
+    Ok(if g.verdict.archive {
+        Exit::Ok
+    } else {
+        Exit::Held
+    })
+}

@@ -1,0 +1,84 @@
+//! The commands, one file each, wiring the adapters around the pure core; this file
+//! dispatches and turns every failure into exit 2 with a message.
+
+mod archive;
+mod check;
+mod completions;
+mod gather;
+mod invocation;
+mod log;
+mod status;
+mod views;
+
+use std::path::Path;
+use std::time::Instant;
+
+use invocation::Invocation;
+
+use crate::cli::{Cli, Command, Guard};
+use crate::exit::{Exit, describe_error};
+use crate::log::{DecisionLog, Level};
+use crate::settings::{self, Layer};
+
+/// Runs the parsed command line; every failure becomes exit 2 with a message on stderr
+/// (and, for `archive`, a `decision=error` line in the log).
+pub fn run(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Guard(guard) => run_guard(cli.config.as_deref(), cli.settings, guard),
+        // These two only print what clap knows; they need no settings.
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
+    }
+}
+
+fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
+    let settings = match settings::load(config, layer) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walguard: error: {e}");
+            return Exit::Error;
+        }
+    };
+    let (cmd, wal_name) = match &guard {
+        Guard::Archive { wal_name, .. } => ("archive", wal_name.as_str()),
+        Guard::Check { wal_name } => ("check", wal_name.as_str()),
+        Guard::Status { .. } => ("status", ""),
+        Guard::Log { .. } => ("log", ""),
+    };
+    let run = Invocation {
+        log: (cmd == "archive").then(|| DecisionLog::new(settings.log_file.clone())),
+        cmd,
+        wal: wal_name.to_string(),
+        started: Instant::now(),
+    };
+    let result = match &guard {
+        Guard::Archive { wal_path, .. } => {
+            run.arm_watchdog(settings.timeout);
+            gather::parse_name(wal_name)
+                .and_then(|wal| archive::run(&run, &settings, wal_path, &wal))
+        }
+        Guard::Check { .. } => {
+            run.arm_watchdog(settings.timeout);
+            gather::parse_name(wal_name).and_then(|wal| check::run(&settings, &wal))
+        }
+        Guard::Status { json } => {
+            run.arm_watchdog(settings.timeout);
+            status::run(&settings, *json)
+        }
+        Guard::Log { file, json } => {
+            log::run(file.as_deref().or(settings.log_file.as_deref()), *json)
+        }
+    };
+    match result {
+        Ok(exit) => exit,
+        Err(e) => {
+            let message = describe_error(&e);
+            run.write(Level::Error, "error", vec![("reason", message.clone())]);
+            // Without log_file the log line already went to stderr.
+            if run.log.is_none() || settings.log_file.is_some() {
+                eprintln!("walguard: error: {message}");
+            }
+            Exit::Error
+        }
+    }
+}
