@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::settings::Layer;
 
@@ -102,4 +102,98 @@ Example:
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The settings each subcommand reads; its `--help` hides the others (they are still
+/// accepted anywhere, so one `WALGUARD_*` environment serves every command).
+fn reads(subcommand: &str) -> &'static [&'static str] {
+    const DECIDE: &[&str] = &[
+        "replicas",
+        "conninfo",
+        "position",
+        "keep_segments",
+        "unlisted",
+        "resolve",
+        "timeout",
+        "pgdata",
+        "min_free",
+        "max_retained",
+        "max_hold",
+        "source",
+    ];
+    match subcommand {
+        "archive" => &[
+            "archive_dir",
+            "replicas",
+            "conninfo",
+            "log_file",
+            "position",
+            "keep_segments",
+            "unlisted",
+            "resolve",
+            "timeout",
+            "pgdata",
+            "min_free",
+            "max_retained",
+            "max_hold",
+            "on_event",
+            "source",
+        ],
+        "check" => DECIDE,
+        "status" => &[
+            "replicas",
+            "conninfo",
+            "log_file",
+            "position",
+            "keep_segments",
+            "unlisted",
+            "resolve",
+            "timeout",
+            "pgdata",
+            "min_free",
+            "max_retained",
+            "max_hold",
+            "source",
+        ],
+        "log" => &["log_file"],
+        _ => &[],
+    }
+}
+
+/// The command line definition, with each subcommand's help showing only the settings it
+/// reads. Used for parsing, `--help`, completions and the manual page alike.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let settings: Vec<clap::Arg> = Layer::augment_args(clap::Command::new("settings"))
+        .get_arguments()
+        .filter_map(|a| {
+            cmd.get_arguments()
+                .find(|g| g.get_id() == a.get_id())
+                .cloned()
+        })
+        .collect();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in names {
+        let keep = reads(&name);
+        // A subcommand that has its own copy of a global argument is not given the
+        // global one: the copy, hidden, still parses it.
+        cmd = cmd.mut_subcommand(&name, |sub| {
+            sub.args(
+                settings
+                    .iter()
+                    .filter(|a| !keep.contains(&a.get_id().as_str()))
+                    .map(|a| a.clone().hide(true)),
+            )
+        });
+    }
+    cmd
+}
+
+/// Parses the process's arguments with [`command`].
+pub fn parse() -> Result<Cli, clap::Error> {
+    let matches: ArgMatches = command().try_get_matches()?;
+    Cli::from_arg_matches(&matches)
 }

@@ -12,22 +12,27 @@ pub mod exit;
 pub mod hook;
 pub mod log;
 pub mod observe;
+pub mod out;
 pub mod render;
 pub mod settings;
 pub mod store;
+pub mod sys;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use cli::Cli;
 use exit::Exit;
 
 /// Exits 2 on a termination signal: PostgreSQL's archiver treats death by a signal as
 /// its own crash, while exit 2 is an ordinary failure it retries. A temporary file left
-/// behind is cleaned up by a later run; the final name is never half-written.
+/// behind is cleaned up by a later run; the final name is never half-written. During the
+/// commit phase (link, directory fsync) the signal waits for it to finish, so that exit 2
+/// keeps meaning "nothing was archived".
 extern "C" fn on_signal(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(Exit::Error as i32) }
+    match store::commit::stop() {
+        // SAFETY: _exit is async-signal-safe.
+        store::commit::Phase::NotStarted => unsafe { libc::_exit(Exit::Error as i32) },
+        _ => store::commit::note_signal(),
+    }
 }
 
 fn install_signal_handlers() {
@@ -44,15 +49,19 @@ fn install_signal_handlers() {
 /// The whole `walguard` program, so that a host binary (the demo) can be walguard too.
 pub fn main() -> ExitCode {
     install_signal_handlers();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    // A panic is a bug, but it must still end as exit 2, not 101 or an abort.
+    let exit = std::panic::catch_unwind(|| match cli::parse() {
+        Ok(cli) => commands::run(cli),
         Err(e) => {
             // --help and --version print and succeed; usage errors are exit 2.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { Exit::Error as u8 } else { 0 });
+            if e.use_stderr() {
+                Exit::Error
+            } else {
+                Exit::Ok
+            }
         }
-    };
-    // A panic is a bug, but it must still end as exit 2, not 101 or an abort.
-    let exit = std::panic::catch_unwind(|| commands::run(cli)).unwrap_or(Exit::Error);
+    })
+    .unwrap_or(Exit::Error);
     ExitCode::from(exit as u8)
 }

@@ -235,8 +235,7 @@ fn existing_archive_file_is_never_overwritten() -> Result<()> {
     );
 
     // Different bytes under the name: exit 2, loud, untouched.
-    let other = c.base.join("other-archive");
-    fs::create_dir(&other)?;
+    let other = c.scratch_dir("other-archive")?;
     fs::write(other.join(&seg), b"not this segment")?;
     let out = c.walguard(&[
         "--archive-dir",

@@ -180,8 +180,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
 
     // min_free and max_retained, by hand into another directory.
     let pending = c.switch_wal()?;
-    let other = c.base.join("manual");
-    fs::create_dir(&other)?;
+    let other = c.scratch_dir("manual")?;
     let manual = |flags: &[&str]| {
         let mut args = flags.to_vec();
         args.extend(["--archive-dir", other.to_str().unwrap(), "archive"]);
@@ -261,8 +260,7 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
     );
 
     // An archive by hand records the source in the log.
-    let other = c.base.join("manual");
-    fs::create_dir(&other)?;
+    let other = c.scratch_dir("manual")?;
     let out = c.walguard(&[
         wrong[0],
         wrong[1],

@@ -43,15 +43,14 @@ impl Rng {
     }
 }
 
+/// walguard archive into `dest`, as the server's user (the harness's `as_server_user`).
 fn archive_cmd(c: &Cluster, dest: &Path, wal_path: &str, name: &str) -> Command {
-    let mut cmd = Command::new(&c.walguard);
+    let mut cmd = c.as_server_user(&c.walguard);
     cmd.arg("--config")
         .arg(&c.config)
         .arg("--archive-dir")
         .arg(dest)
         .args(["archive", wal_path, name])
-        .current_dir(&c.primary.data)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
@@ -66,8 +65,7 @@ fn kill_9_at_random_points_never_leaves_a_torn_file() -> Result<()> {
     let (c, seg) = start()?;
     let wal_path = format!("pg_wal/{seg}");
     let original = fs::read(c.primary.data.join(&wal_path))?;
-    let dest = c.base.join("killed");
-    fs::create_dir(&dest)?;
+    let dest = c.scratch_dir("killed")?;
     let mut rng = Rng::new();
     let (mut mid_run, mut finished_first) = (0, 0);
     for _ in 0..200 {
@@ -152,6 +150,7 @@ fn full_disk_is_exit_2_then_archiving_resumes() -> Result<()> {
     c.wait_archived(&other, ARCHIVE_WAIT)?;
     let dest = c.base.join("small");
     let small = SmallFs::mount(&dest, 24);
+    c.chown(&dest)?;
     let run = |name: &str, limit: Option<&str>| -> Result<Output> {
         let mut cmd = archive_cmd(&c, &dest, &format!("pg_wal/{name}"), name);
         if let Some(blocks) = limit {
@@ -275,7 +274,10 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        output_text(&out).contains(&format!("cannot create {}/.walguard-tmp", gone.display())),
+        output_text(&out).contains(&format!(
+            "{} does not exist: create the archive directory",
+            gone.display()
+        )),
         "{}",
         output_text(&out)
     );
@@ -294,10 +296,8 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
 
     // The WAL file vanishes at a random moment: success with the whole file, or exit 2.
     let original = fs::read(c.primary.data.join(&wal_path))?;
-    let spool = c.base.join("spool");
-    let dest = c.base.join("dest");
-    fs::create_dir_all(&spool)?;
-    fs::create_dir_all(&dest)?;
+    let spool = c.scratch_dir("spool")?;
+    let dest = c.scratch_dir("dest")?;
     let mut rng = Rng::new();
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..30 {
@@ -337,8 +337,7 @@ fn two_runs_at_once_leave_one_identical_file() -> Result<()> {
     let wal_path = format!("pg_wal/{seg}");
     let original = fs::read(c.primary.data.join(&wal_path))?;
     for round in 0..20 {
-        let dest = c.base.join(format!("race{round}"));
-        fs::create_dir(&dest)?;
+        let dest = c.scratch_dir(&format!("race{round}"))?;
         let a = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
         let b = archive_cmd(&c, &dest, &wal_path, &seg).spawn()?;
         let (a, b) = (a.wait_with_output()?, b.wait_with_output()?);

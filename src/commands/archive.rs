@@ -4,16 +4,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use walguard_core::decision::Verdict;
+use walguard_core::decision::{Tripped, Verdict, undecided_valve};
 use walguard_core::event::Event;
 use walguard_core::wal::WalFile;
 
-use super::gather::{self, verdict_fields};
+use super::gather::{self, Gathered, SHOWN, Undecided, verdict_fields};
 use super::invocation::Invocation;
-use crate::exit::{Exit, Hint};
+use crate::exit::{Exit, Hint, describe_error};
 use crate::hook::{self, Details};
-use crate::log::Level;
+use crate::log::{self, Level};
+use crate::observe::local;
+use crate::out::say;
 use crate::settings::Settings;
+use crate::store::commit;
 use crate::store::copy::{self as archive_copy, Stored};
 
 /// A segment file younger than this is copied while the decision is being made.
@@ -57,6 +60,38 @@ fn run_hook(
     hook::run_hook(command, &details, limit)
 }
 
+/// When walguard cannot decide (database unreachable, list unreadable), the valves that
+/// need no server still protect the disk: a tripped one archives the segment anyway.
+fn undecided(
+    settings: &Settings,
+    wal: &WalFile,
+    meta: &std::fs::Metadata,
+    error: anyhow::Error,
+) -> Result<Gathered> {
+    if !matches!(wal, WalFile::Segment(_)) || error.downcast_ref::<Undecided>().is_none() {
+        return Err(error);
+    }
+    let pressure = local::pressure(&settings.pgdata, meta.modified().ok());
+    let Some(tripped) = undecided_valve(&settings.policy.valves, &pressure) else {
+        return Err(error);
+    };
+    let detail = format!(
+        "{}; walguard could not decide: {}",
+        tripped.detail,
+        describe_error(&error)
+    );
+    let mut verdict = walguard_core::decision::decide(wal, None, &pressure, &[], &settings.policy);
+    verdict.archive = true;
+    verdict.valve = Some(Tripped {
+        valve: tripped.valve,
+        detail,
+    });
+    Ok(Gathered {
+        verdict,
+        observation: None,
+    })
+}
+
 pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
     let archive_dir = settings
         .archive_dir
@@ -65,6 +100,7 @@ pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
     let meta = std::fs::metadata(wal_path)
         .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
         .hint("archive_command must pass %p, relative to the data directory")?;
+    gather::check_segment_size(wal, wal_path, meta.len())?;
     // A segment that has just been finished is almost always archived at once, so its
     // copy runs while the server is asked, and only becomes durable and visible if the
     // verdict says so. A retry (an older file) is more likely held: it is copied only
@@ -75,16 +111,16 @@ pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age < FRESH);
     let stage = || archive_copy::stage(wal_path, archive_dir, &run.wal, settings.timeout);
+    let decide = || gather::decide(settings, wal, Some((wal_path, &meta)));
     let (gathered, early) = if fresh {
         std::thread::scope(|scope| {
             let copying = scope.spawn(stage);
-            let gathered = gather::decide(settings, wal, Some(&meta));
-            (gathered, Some(copying.join()))
+            (decide(), Some(copying.join()))
         })
     } else {
-        (gather::decide(settings, wal, Some(&meta)), None)
+        (decide(), None)
     };
-    let gathered = gathered?;
+    let gathered = gathered.or_else(|e| undecided(settings, wal, &meta, e))?;
     let verdict = &gathered.verdict;
     let mut fields = verdict_fields(verdict);
     if let Some(obs) = &gathered.observation {
@@ -98,9 +134,15 @@ pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
             Some(Err(_)) => bail!("the copy into the archive panicked; nothing was archived"),
             None => stage(),
         };
+        // A segment must be exactly the size the decision validated (a file truncated
+        // while it was copied is refused); other files are what was read and fsynced.
+        let expected = match wal {
+            WalFile::Segment(_) => Some(meta.len()),
+            _ => None,
+        };
         let stored = staged
-            .and_then(archive_copy::Staged::commit)
-            .hint("nothing was archived; PostgreSQL will retry")?;
+            .and_then(|s| s.commit(expected))
+            .hint("PostgreSQL will retry")?;
         let (decision, bytes) = match stored {
             Stored::Copied { bytes } => ("archived", bytes),
             Stored::Exists { bytes } => ("exists", bytes),
@@ -111,10 +153,26 @@ pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
             None => (Level::Info, decision, Exit::Ok),
         }
     };
-    if let (Some(command), Some(event)) = (&settings.on_event, gathered.event(&run.wal)) {
-        let hook = run_hook(run, settings, command, event, verdict, &fields);
-        fields.push(("event", event.as_str().to_string()));
-        fields.push(("hook", hook));
+    // A signal during the commit waited for it; now end without starting the hook.
+    if let Some(command) = settings.on_event.as_ref().filter(|_| !commit::signalled()) {
+        let previous = settings
+            .log_file
+            .as_deref()
+            .and_then(|path| log::previous_outcome(path, &run.wal));
+        if let Some(event) = gathered.event(&run.wal, previous) {
+            let hook = run_hook(run, settings, command, event, verdict, &fields);
+            fields.push(("event", event.as_str().to_string()));
+            fields.push(("hook", hook));
+        }
+    }
+    // PostgreSQL's own log only says "archive command failed with exit code 1": say why,
+    // in one line, unless the decision line itself goes to stderr.
+    if exit == Exit::Held && settings.log_file.is_some() {
+        say(&format!(
+            "walguard: held {}: {}",
+            run.wal,
+            walguard_core::decision::join_bounded(&verdict.reasons, SHOWN, "; ")
+        ));
     }
     run.write(level, decision, fields);
     Ok(exit)

@@ -11,6 +11,7 @@ use walguard_core::wal::WalFile;
 use super::gather;
 use super::views::{replica_table, replica_views};
 use crate::exit::Exit;
+use crate::out::show;
 use crate::settings::Settings;
 
 /// The `check` report: what a person needs to see to trust (or fix) the verdict.
@@ -23,8 +24,8 @@ fn explain(
     let mut out = String::new();
     let Some(obs) = obs else {
         let _ = writeln!(out, "{wal}: {} file", wal.kind());
-        for r in &verdict.reasons {
-            let _ = writeln!(out, "{r}");
+        if let Some(why) = &verdict.exempt {
+            let _ = writeln!(out, "{why}");
         }
         out.push_str("verdict: ARCHIVE\n");
         return out;
@@ -49,7 +50,11 @@ fn explain(
     out.push_str(&replica_table(
         &replica_views(verdict, obs, &settings.policy, None),
         false,
+        LISTED,
     ));
+    for w in &verdict.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     out.push('\n');
     if let Some(t) = &verdict.valve {
         let _ = writeln!(
@@ -61,29 +66,38 @@ fn explain(
             out,
             "  left behind (will need the archive or a new base backup):"
         );
-        for r in &verdict.reasons {
-            let _ = writeln!(out, "  - {r}");
-        }
+        list_reasons(&mut out, verdict);
     } else if verdict.archive {
         out.push_str("verdict: ARCHIVE: every listed replica is past this segment\n");
     } else {
         out.push_str("verdict: HOLD\n");
-        for r in &verdict.reasons {
-            let _ = writeln!(out, "  - {r}");
-        }
+        list_reasons(&mut out, verdict);
     }
     out
+}
+
+/// How many reasons and table rows `check` shows before "and N more".
+const LISTED: usize = 20;
+
+fn list_reasons(out: &mut String, verdict: &Verdict) {
+    for r in verdict.reasons.iter().take(LISTED) {
+        let _ = writeln!(out, "  - {r}");
+    }
+    if verdict.reasons.len() > LISTED {
+        let _ = writeln!(out, "  - and {} more", verdict.reasons.len() - LISTED);
+    }
 }
 
 pub fn run(settings: &Settings, wal: &WalFile) -> Result<Exit> {
     // Cross-check the size, and age the hold, when the file is in this server's pg_wal.
     let in_pg_wal: PathBuf = settings.pgdata.join("pg_wal").join(wal.to_string());
     let meta = std::fs::metadata(&in_pg_wal).ok();
-    let g = gather::decide(settings, wal, meta.as_ref())?;
-    print!(
-        "{}",
-        explain(wal, &g.verdict, g.observation.as_ref(), settings)
-    );
+    let g = gather::decide(
+        settings,
+        wal,
+        meta.as_ref().map(|m| (in_pg_wal.as_path(), m)),
+    )?;
+    show(&explain(wal, &g.verdict, g.observation.as_ref(), settings))?;
     Ok(if g.verdict.archive {
         Exit::Ok
     } else {

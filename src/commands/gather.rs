@@ -1,9 +1,12 @@
 //! What `archive`, `check` and `status` share: the list, the observation (SQL or process
 //! titles, as configured), the decision, and how a verdict reads in a log line.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, anyhow, bail};
-use walguard_core::decision::{self, Verdict};
-use walguard_core::event::{self, Event};
+use thiserror::Error;
+use walguard_core::decision::{self, Verdict, join_bounded};
+use walguard_core::event::{self, Event, Previous};
 use walguard_core::list::Entry;
 use walguard_core::observation::{Observation, Pressure};
 use walguard_core::wal::{SegmentSize, WalFile};
@@ -13,6 +16,17 @@ use crate::observe::conninfo::{ProcessEnv, Target};
 use crate::observe::{local, sql, titles};
 use crate::settings::{self, Settings, Source};
 
+/// How many reasons and names one log line or one screen carries before "and N more".
+pub const SHOWN: usize = 5;
+/// How many names `blame` carries (`walguard log` counts holds per name from it).
+pub const BLAMED: usize = 32;
+
+/// walguard could not decide (the database or the list): the segment stays, but the
+/// valves that need no server may still release it.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct Undecided(pub String);
+
 /// The fields every decision line shares: how many listed replicas are connected, the
 /// slowest one, and the position needed.
 pub fn verdict_fields(v: &Verdict) -> Vec<(&'static str, String)> {
@@ -21,20 +35,35 @@ pub fn verdict_fields(v: &Verdict) -> Vec<(&'static str, String)> {
         fields.push(("valve", t.valve.to_string()));
         fields.push((
             "reason",
-            format!("{}; left behind: {}", t.detail, v.reasons.join("; ")),
+            format!(
+                "{}; left behind: {}",
+                t.detail,
+                join_bounded(&v.reasons, SHOWN, "; ")
+            ),
         ));
         fields.push((
             "advice",
             format!(
                 "{} will need this segment from the archive (restore_command) or a new base backup",
-                v.blame.join(", ")
+                v.culprits(SHOWN)
             ),
         ));
     } else if !v.reasons.is_empty() {
-        fields.push(("reason", v.reasons.join("; ")));
+        fields.push(("reason", join_bounded(&v.reasons, SHOWN, "; ")));
     }
     if !v.blame.is_empty() {
-        fields.push(("blame", v.blame.join(",")));
+        fields.push((
+            "blame",
+            v.blame
+                .iter()
+                .take(BLAMED)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        if v.blame.len() > BLAMED {
+            fields.push(("blame_more", (v.blame.len() - BLAMED).to_string()));
+        }
     }
     if !v.matches.is_empty() {
         let (k, n) = v.replicas_connected();
@@ -50,9 +79,17 @@ pub fn verdict_fields(v: &Verdict) -> Vec<(&'static str, String)> {
     fields
 }
 
-pub fn parse_name(name: &str) -> Result<WalFile> {
-    name.parse::<WalFile>()
-        .hint("archive_command must pass %f as the name")
+/// `WAL_NAME` as given; `what` says where it came from, for the hint.
+pub fn parse_name(name: &str, command: &str) -> Result<WalFile> {
+    let tail = name.rsplit('/').next().unwrap_or(name);
+    match name.parse::<WalFile>() {
+        Ok(wal) => Ok(wal),
+        Err(e) if tail != name && tail.parse::<WalFile>().is_ok() => Err(e).hint(&format!(
+            "pass the file name only: walguard {command} {tail}"
+        )),
+        Err(e) if command == "archive" => Err(e).hint("archive_command must pass %f as the name"),
+        Err(e) => Err(e).hint("give a WAL file name such as 000000010000000000000003"),
+    }
 }
 
 /// The replicas list named by the settings, read and (if asked) resolved.
@@ -100,26 +137,55 @@ pub struct Gathered {
 }
 
 impl Gathered {
-    /// Which `on_event` event this decision is, if any. PostgreSQL's own `last_failed_wal`
-    /// tells a first hold from a retry, and a release from an ordinary archive, with no
-    /// state file; from process titles it is unknown, so every hold counts as a first one.
-    pub fn event(&self, wal: &str) -> Option<Event> {
-        let failed_before = self
-            .observation
-            .as_ref()
-            .and_then(|o| o.archiver.as_ref())
-            .map(|a| a.last_failed_wal.as_deref() == Some(wal));
-        event::of(&self.verdict, failed_before)
+    /// Which `on_event` event this decision is, if any. `previous` is walguard's own
+    /// last outcome for this file (from its log); without one, PostgreSQL's
+    /// `last_failed_wal` stands in (it cannot tell a hold from an error, and on 10 to 14
+    /// it lags behind); from process titles it is unknown.
+    pub fn event(&self, wal: &str, previous: Option<Previous>) -> Option<Event> {
+        let previous = previous.or_else(|| {
+            let archiver = self.observation.as_ref()?.archiver.as_ref()?;
+            Some(match archiver.last_failed_wal.as_deref() == Some(wal) {
+                true => Previous::Held,
+                false => Previous::Other,
+            })
+        });
+        event::of(&self.verdict, previous)
+    }
+}
+
+/// A file whose size is not that of a segment: say so first, and only suggest another
+/// cluster when the size is a segment size, just not this server's.
+/// `segment` is the server's `wal_segment_size` when known.
+fn wrong_size(
+    wal: &WalFile,
+    path: Option<&Path>,
+    size: u64,
+    segment: Option<u64>,
+) -> anyhow::Error {
+    let file = path.map_or_else(|| wal.to_string(), |p| p.display().to_string());
+    match segment {
+        Some(segment) if SegmentSize::new(size).is_ok() => anyhow!(
+            "{file} has {size} bytes but the server's wal_segment_size is {segment}: \
+             is conninfo pointing at the server whose pg_wal this is?"
+        ),
+        Some(segment) => anyhow!(
+            "{file} has {size} bytes, not a whole {segment}-byte segment: it is truncated or not a WAL segment; nothing was archived"
+        ),
+        None => anyhow!(
+            "{file} has {size} bytes, which is no WAL segment size (a power of two from 1 MiB to 1 GiB): \
+             it is truncated or not a WAL segment; nothing was archived"
+        ),
     }
 }
 
 /// The decision for `wal`, observing the server only when the file is a segment.
-/// `file` is the segment file when known: its size is cross-checked against the server's,
-/// and its age is how long the segment has waited (the `max_hold` valve).
+/// `file` is the segment file and its metadata when known: its size is cross-checked
+/// against the server's, and its age is how long the segment has waited (`max_hold`).
+/// Failures to observe or to read the list come back as [`Undecided`].
 pub fn decide(
     settings: &Settings,
     wal: &WalFile,
-    file: Option<&std::fs::Metadata>,
+    file: Option<(&Path, &std::fs::Metadata)>,
 ) -> Result<Gathered> {
     if !matches!(wal, WalFile::Segment(_)) {
         let verdict = decision::decide(wal, None, &Pressure::default(), &[], &settings.policy);
@@ -128,21 +194,44 @@ pub fn decide(
             observation: None,
         });
     }
-    let list = load_list(settings)?;
-    let obs = observe(settings, file.map(|m| m.len()))?;
-    if let Some(size) = file.map(|m| m.len())
+    let meta = file.map(|(_, m)| m);
+    let undecided = |e: anyhow::Error| anyhow::Error::new(Undecided(describe_error(&e)));
+    let list = load_list(settings).map_err(undecided)?;
+    let obs = observe(settings, meta.map(|m| m.len())).map_err(undecided)?;
+    if let (Some(server), Some(local)) = (
+        obs.system_identifier,
+        local::system_identifier(&settings.pgdata),
+    ) && server != local
+    {
+        bail!(Undecided(format!(
+            "the server at conninfo has system identifier {server}, but the data directory {} has {local} \
+             (global/pg_control): walguard is asking another cluster; point conninfo at this data directory's server",
+            settings.pgdata.display()
+        )));
+    }
+    if let Some(size) = meta.map(|m| m.len())
         && size != obs.segment_size.bytes()
     {
-        bail!(
-            "{wal} has {size} bytes but the server's wal_segment_size is {}: \
-             is conninfo pointing at the server whose pg_wal this is?",
-            obs.segment_size.bytes()
-        );
+        return Err(wrong_size(
+            wal,
+            file.map(|(p, _)| p),
+            size,
+            Some(obs.segment_size.bytes()),
+        ));
     }
-    let pressure = local::pressure(&settings.pgdata, file.and_then(|m| m.modified().ok()));
+    let pressure = local::pressure(&settings.pgdata, meta.and_then(|m| m.modified().ok()));
     let verdict = decision::decide(wal, Some(&obs), &pressure, &list, &settings.policy);
     Ok(Gathered {
         verdict,
         observation: Some(obs),
     })
+}
+
+/// Before the server is asked: a segment file whose size is no segment size at all is
+/// damaged, whatever the server says.
+pub fn check_segment_size(wal: &WalFile, path: &Path, size: u64) -> Result<()> {
+    if matches!(wal, WalFile::Segment(_)) && SegmentSize::new(size).is_err() {
+        return Err(wrong_size(wal, Some(path), size, None));
+    }
+    Ok(())
 }

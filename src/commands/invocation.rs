@@ -5,6 +5,12 @@ use std::time::{Duration, Instant};
 
 use crate::exit::Exit;
 use crate::log::{DecisionLog, Level};
+use crate::out::say;
+use crate::store::commit::{self, Phase};
+
+/// How long past `timeout` a commit under way (link, directory fsync) may take before
+/// the watchdog ends the process anyway.
+pub const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Invocation {
@@ -12,6 +18,9 @@ pub struct Invocation {
     pub log: Option<DecisionLog>,
     pub cmd: &'static str,
     pub wal: String,
+    /// The cluster's system identifier (from `global/pg_control`): in every line, so that
+    /// a log shared by several clusters tells them apart.
+    pub sysid: Option<u64>,
     pub started: Instant,
 }
 
@@ -23,25 +32,58 @@ impl Invocation {
             ("decision", decision.to_string()),
         ];
         all.append(&mut fields);
+        if let Some(id) = self.sysid {
+            all.push(("sysid", id.to_string()));
+        }
         all.push(("ms", self.started.elapsed().as_millis().to_string()));
         if let Some(log) = &self.log {
             log.write(level, &all);
         }
     }
 
-    /// After `timeout`, logs and exits 2 whatever the main thread is doing (a hung
+    /// After `timeout`, logs and exits whatever the main thread is doing (a hung
     /// connection, a stalled network file system): PostgreSQL's archiver waits for us.
+    /// Nothing on this path can keep it from exiting: writes that fail are ignored, and
+    /// the log line gets one second (its file may be on the stalled file system too). A
+    /// commit under way gets [`COMMIT_GRACE`] to finish, so the message is true.
     pub fn arm_watchdog(&self, timeout: Duration) {
         let run = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(timeout);
-            let reason = format!(
-                "timed out after {}; nothing was archived",
-                humantime::format_duration(timeout)
-            );
-            run.write(Level::Error, "error", vec![("reason", reason.clone())]);
-            eprintln!("walguard: error: {reason}");
-            std::process::exit(Exit::Error as i32);
+            let after = humantime::format_duration(timeout);
+            let (exit, level, decision, reason) = match commit::settle(COMMIT_GRACE) {
+                Phase::NotStarted => (
+                    Exit::Error,
+                    Level::Error,
+                    "error",
+                    format!("timed out after {after}; nothing was archived"),
+                ),
+                Phase::Committing => (
+                    Exit::Error,
+                    Level::Error,
+                    "error",
+                    format!(
+                        "timed out after {after} while linking the copy into the archive and fsyncing it: \
+                         it may be in place; PostgreSQL will retry, and identical bytes count as archived"
+                    ),
+                ),
+                Phase::Committed => (
+                    Exit::Ok,
+                    Level::Warn,
+                    "archived",
+                    format!("timed out after {after}, after the file was durably archived"),
+                ),
+            };
+            let (done, wait) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                run.write(level, decision, vec![("reason", reason.clone())]);
+                say(&format!("walguard: {decision}: {reason}"));
+                let _ = done.send(());
+            });
+            let _ = wait.recv_timeout(Duration::from_secs(1));
+            // SAFETY: _exit ends the process at once; no destructor or stdio flush (which
+            // could block on the same stalled pipe or file system) runs.
+            unsafe { libc::_exit(exit as i32) };
         });
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::exit::{Exit, Hint};
 use crate::log::summary::{render, summarise};
+use crate::out::show;
 
 pub fn run(file: Option<&Path>, json: bool) -> Result<Exit> {
     let file = file.ok_or_else(|| {
@@ -19,9 +20,9 @@ pub fn run(file: Option<&Path>, json: bool) -> Result<Exit> {
     let summary = summarise(reader, SystemTime::now())
         .with_context(|| format!("reading {}", file.display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        show(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
     } else {
-        print!("{}", render(&file.display().to_string(), &summary));
+        show(&render(&file.display().to_string(), &summary))?;
     }
     Ok(Exit::Ok)
 }

@@ -15,10 +15,15 @@ use std::time::Instant;
 
 use invocation::Invocation;
 
+use anyhow::{Result, bail};
+
 use crate::cli::{Cli, Command, Guard};
 use crate::exit::{Exit, describe_error};
 use crate::log::{DecisionLog, Level};
+use crate::observe::local;
+use crate::out::say;
 use crate::settings::{self, Layer};
+use crate::sys;
 
 /// Runs the parsed command line; every failure becomes exit 2 with a message on stderr
 /// (and, for `archive`, a `decision=error` line in the log).
@@ -31,11 +36,31 @@ pub fn run(cli: Cli) -> Exit {
     }
 }
 
+/// A command that writes files must run as the server's user, as PostgreSQL runs it:
+/// one run as root leaves root-owned files that every later run trips over.
+fn refuse_root(cmd: &str, pgdata: &Path) -> Result<()> {
+    if !sys::is_root() {
+        return Ok(());
+    }
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(pgdata)?);
+    if owner != 0 {
+        bail!(
+            "walguard {cmd} is running as root, but the data directory {} belongs to {}: \
+             run it as the server's user, as PostgreSQL does (runuser -u {} -- walguard ...), \
+             so that the files it creates stay usable",
+            pgdata.display(),
+            sys::describe_user(owner),
+            sys::user_name(owner).unwrap_or_else(|| "postgres".into())
+        );
+    }
+    Ok(())
+}
+
 fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
     let settings = match settings::load(config, layer) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walguard: error: {e}");
+            say(&format!("walguard: error: {e}"));
             return Exit::Error;
         }
     };
@@ -45,21 +70,26 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         Guard::Status { .. } => ("status", ""),
         Guard::Log { .. } => ("log", ""),
     };
+    let writes = cmd == "archive";
     let run = Invocation {
-        log: (cmd == "archive").then(|| DecisionLog::new(settings.log_file.clone())),
+        log: writes.then(|| DecisionLog::new(settings.log_file.clone())),
         cmd,
         wal: wal_name.to_string(),
+        sysid: writes
+            .then(|| local::system_identifier(&settings.pgdata))
+            .flatten(),
         started: Instant::now(),
     };
     let result = match &guard {
         Guard::Archive { wal_path, .. } => {
             run.arm_watchdog(settings.timeout);
-            gather::parse_name(wal_name)
+            refuse_root(cmd, &settings.pgdata)
+                .and_then(|()| gather::parse_name(wal_name, cmd))
                 .and_then(|wal| archive::run(&run, &settings, wal_path, &wal))
         }
         Guard::Check { .. } => {
             run.arm_watchdog(settings.timeout);
-            gather::parse_name(wal_name).and_then(|wal| check::run(&settings, &wal))
+            gather::parse_name(wal_name, cmd).and_then(|wal| check::run(&settings, &wal))
         }
         Guard::Status { json } => {
             run.arm_watchdog(settings.timeout);
@@ -76,7 +106,7 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             run.write(Level::Error, "error", vec![("reason", message.clone())]);
             // Without log_file the log line already went to stderr.
             if run.log.is_none() || settings.log_file.is_some() {
-                eprintln!("walguard: error: {message}");
+                say(&format!("walguard: error: {message}"));
             }
             Exit::Error
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use walguard_core::decision::{self, Policy};
+use walguard_core::decision::{self, Policy, join_bounded};
 use walguard_core::observation::{Archiver, Origin, Pressure, Space};
 use walguard_core::units::human_bytes;
 use walguard_core::wal::{Lsn, SegmentId, WalFile};
@@ -16,8 +16,12 @@ use super::gather;
 use super::views::{ReplicaView, replica_table, replica_views};
 use crate::exit::{Exit, Hint};
 use crate::observe::local;
+use crate::out::show;
 use crate::render::table;
 use crate::settings::Settings;
+
+/// How many reasons and table rows a screen shows before "and N more".
+const LISTED: usize = 20;
 
 /// A file waiting in `pg_wal/archive_status` (`.ready`).
 struct Waiting {
@@ -63,14 +67,42 @@ struct ValveView {
     tripped: bool,
 }
 
+/// What archiving does now, for a person and for a monitoring check (the exit code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Segments are archived as they finish.
+    Flowing,
+    /// Nothing waits, but the segment being written will be held when it finishes (a
+    /// replica is missing, unlisted or invisible: not just a little behind).
+    WillHold,
+    /// A listed replica still needs the oldest waiting segment.
+    Held,
+    /// archive_command fails though walguard would archive: the archive is unusable.
+    Failing,
+}
+
+impl State {
+    pub fn exit(self) -> Exit {
+        match self {
+            State::Flowing => Exit::Ok,
+            State::WillHold | State::Held => Exit::Held,
+            State::Failing => Exit::Error,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct VerdictView {
-    /// `flowing` or `held`.
-    state: &'static str,
+    state: State,
     text: String,
     held_by: Vec<String>,
     oldest_waiting: Option<String>,
     held_since: Option<String>,
+    /// Why it is held, will hold or fails (every reason).
+    reasons: Vec<String>,
+    /// What is wrong but holds nothing.
+    warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -151,7 +183,41 @@ fn valve_views(policy: &Policy, pressure: &Pressure, retained: Option<u64>) -> V
     ]
 }
 
-fn build(settings: &Settings) -> Result<(StatusView, bool)> {
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// Why archive_command fails although walguard would archive, when it does: walguard's
+/// own last decision was an error, or (without a log) PostgreSQL's last failure is newer
+/// than its last success.
+fn failing(settings: &Settings, archiver: Option<&Archiver>) -> Option<String> {
+    if let Some(path) = settings.log_file.as_deref() {
+        let last = crate::log::last_decision(path)?;
+        return (last.decision == "error").then(|| {
+            format!(
+                "archive_command fails: the last attempt ({} at {}) ended in an error: {}",
+                last.wal, last.ts, last.reason
+            )
+        });
+    }
+    let a = archiver?;
+    let failed = a.last_failed_time.as_deref()?;
+    let newer = a.last_archived_time.as_deref().is_none_or(|ok| failed > ok);
+    newer.then(|| {
+        format!(
+            "archive_command fails: PostgreSQL's last attempt ({} at {failed}) failed after its last success, \
+             though walguard would archive it; see the server log for walguard's message",
+            a.last_failed_wal.as_deref().unwrap_or("?")
+        )
+    })
+}
+
+fn build(settings: &Settings) -> Result<StatusView> {
     let list = gather::load_list(settings)?;
     let waiting = waiting(&settings.pgdata)?;
     let oldest_segment = waiting
@@ -165,18 +231,21 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
         &settings.pgdata,
         oldest_segment.as_ref().and_then(|(_, w)| w.modified),
     );
-    // The decision PostgreSQL's next attempt will get: for the oldest waiting segment, or,
-    // with none waiting, for the last finished one, to show who would hold the next.
+    // The segment being written: the next one PostgreSQL will hand over.
+    let timeline = obs.timeline.unwrap_or(1);
+    let current = obs.current_lsn.unwrap_or(Lsn(0));
+    let next = SegmentId::containing(timeline, current, obs.segment_size);
+    // The decision PostgreSQL's next attempt will get: for the oldest waiting segment,
+    // or, with none waiting, for the last finished one. Its reasons that do not depend on
+    // positions (a missing, unlisted or invisible replica) will hold the segment being
+    // written too.
     let subject = match &oldest_segment {
         Some((file, _)) => file.clone(),
-        None => {
-            let previous = obs
-                .current_lsn
-                .unwrap_or(Lsn(0))
-                .0
-                .saturating_sub(obs.segment_size.bytes());
-            WalFile::Segment(SegmentId::containing(1, Lsn(previous), obs.segment_size))
-        }
+        None => WalFile::Segment(SegmentId::containing(
+            timeline,
+            Lsn(current.0.saturating_sub(obs.segment_size.bytes())),
+            obs.segment_size,
+        )),
     };
     let verdict = decision::decide(&subject, Some(&obs), &pressure, &list, &settings.policy);
     let retained = oldest_segment
@@ -192,35 +261,58 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
     let replicas = replica_views(&verdict, &obs, &settings.policy, Some(&segment_ends));
     let segments = segment_ends.len();
     let bytes: u64 = waiting.iter().map(|w| w.bytes).sum();
-    let held = oldest_segment.is_some() && !verdict.archive;
+    let lasting: Vec<String> = verdict
+        .lasting_reasons()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let state = match &oldest_segment {
+        Some(_) if !verdict.archive => State::Held,
+        None if !lasting.is_empty() && verdict.valve.is_none() => State::WillHold,
+        _ if failing(settings, obs.archiver.as_ref()).is_some() => State::Failing,
+        _ => State::Flowing,
+    };
     let since = oldest_segment
         .as_ref()
         .and_then(|(_, w)| w.modified)
         .map(|t| humantime::format_rfc3339_seconds(t).to_string());
-    let text = if held {
-        format!(
-            "held by {} since {}, {} segments, {}",
-            verdict.blame.join(", "),
-            since.as_deref().unwrap_or("?"),
-            segments,
-            human_bytes(bytes)
-        )
-    } else if let Some(t) = &verdict.valve {
-        format!(
-            "archiving flowing, through the {} safety valve: {}",
-            t.valve, t.detail
-        )
-    } else if waiting.is_empty() {
-        "archiving flowing".to_string()
-    } else {
-        format!(
-            "archiving flowing, {} files waiting for the archiver",
-            waiting.len()
-        )
+    let reasons: Vec<String> = match state {
+        State::Held => verdict.reasons.iter().map(|r| r.to_string()).collect(),
+        State::WillHold => lasting.clone(),
+        State::Failing => failing(settings, obs.archiver.as_ref())
+            .into_iter()
+            .collect(),
+        State::Flowing => Vec::new(),
     };
-    let view = StatusView {
+    let text = match state {
+        State::Held => format!(
+            "held by {} since {}, {}, {}",
+            verdict.culprits(gather::SHOWN),
+            since.as_deref().unwrap_or("?"),
+            count(segments, "segment"),
+            human_bytes(bytes)
+        ),
+        State::WillHold => format!(
+            "will hold: {next} (being written) will be held when it is finished: {}",
+            join_bounded(&lasting, gather::SHOWN, "; ")
+        ),
+        State::Failing => reasons.join("; "),
+        State::Flowing => match (&verdict.valve, waiting.len()) {
+            (Some(t), _) => format!(
+                "archiving flowing, through the {} safety valve: {}",
+                t.valve, t.detail
+            ),
+            (None, 0) => "archiving flowing".to_string(),
+            (None, n) => format!(
+                "archiving flowing, {} waiting for the archiver",
+                count(n, "file")
+            ),
+        },
+    };
+    let held = matches!(state, State::Held | State::WillHold);
+    Ok(StatusView {
         verdict: VerdictView {
-            state: if held { "held" } else { "flowing" },
+            state,
             text,
             held_by: if held {
                 verdict.blame.clone()
@@ -228,7 +320,9 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
                 Vec::new()
             },
             oldest_waiting: waiting.first().map(|w| w.name.clone()),
-            held_since: since.filter(|_| held),
+            held_since: since.filter(|_| state == State::Held),
+            reasons,
+            warnings: verdict.warnings.clone(),
         },
         source: obs.origin,
         segment_size: obs.segment_size.bytes(),
@@ -243,13 +337,28 @@ fn build(settings: &Settings) -> Result<(StatusView, bool)> {
         },
         pg_wal_space: pressure.pg_wal_space,
         valves: valve_views(&settings.policy, &pressure, retained),
-    };
-    Ok((view, held))
+    })
 }
 
 fn render(v: &StatusView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "verdict: {}\n", v.verdict.text);
+    let _ = writeln!(out, "verdict: {}", v.verdict.text);
+    if v.verdict.reasons.len() > 1 {
+        for r in v.verdict.reasons.iter().take(LISTED) {
+            let _ = writeln!(out, "  - {r}");
+        }
+        if v.verdict.reasons.len() > LISTED {
+            let _ = writeln!(
+                out,
+                "  - and {} more (status --json lists them all)",
+                v.verdict.reasons.len() - LISTED
+            );
+        }
+    }
+    for w in &v.verdict.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
         "replicas (source {}, wal_segment_size {}, primary at {}):",
@@ -261,24 +370,24 @@ fn render(v: &StatusView) -> String {
         human_bytes(v.segment_size),
         v.current_lsn.as_deref().unwrap_or("?")
     );
-    out.push_str(&replica_table(&v.replicas, true));
+    out.push_str(&replica_table(&v.replicas, true, LISTED));
     let _ = writeln!(
         out,
-        "\nwaiting in pg_wal/archive_status: {} files ({} segments, {}), oldest {}",
-        v.waiting.files,
-        v.waiting.segments,
+        "\nwaiting in pg_wal/archive_status: {} ({}, {}), oldest {}",
+        count(v.waiting.files, "file"),
+        count(v.waiting.segments, "segment"),
         human_bytes(v.waiting.bytes),
         v.waiting.oldest.as_deref().unwrap_or("-")
     );
     if let Some(a) = &v.archiver {
         let _ = writeln!(
             out,
-            "archiver: last archived {} at {}; last failed {} at {}; {} failures",
+            "archiver: last archived {} at {}; last failed {} at {}; {}",
             a.last_archived_wal.as_deref().unwrap_or("-"),
             a.last_archived_time.as_deref().unwrap_or("-"),
             a.last_failed_wal.as_deref().unwrap_or("-"),
             a.last_failed_time.as_deref().unwrap_or("-"),
-            a.failed_count
+            count(a.failed_count as usize, "failure")
         );
     }
     out.push_str("\nsafety valves:\n");
@@ -306,11 +415,11 @@ fn render(v: &StatusView) -> String {
 }
 
 pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
-    let (view, held) = build(settings)?;
+    let view = build(settings)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        show(&format!("{}\n", serde_json::to_string_pretty(&view)?))?;
     } else {
-        print!("{}", render(&view));
+        show(&render(&view))?;
     }
-    Ok(if held { Exit::Held } else { Exit::Ok })
+    Ok(view.verdict.state.exit())
 }

@@ -92,16 +92,19 @@ pub fn replica_views(
         .collect()
 }
 
-/// The replicas as a table; `with_lag` adds the status-only columns.
-pub fn replica_table(views: &[ReplicaView], with_lag: bool) -> String {
+/// The replicas as a table; `with_lag` adds the status-only columns. Connected replicas
+/// come first; past `max` rows the rest are counted, not listed (JSON has them all).
+pub fn replica_table(views: &[ReplicaView], with_lag: bool, max: usize) -> String {
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut header = vec!["REPLICA", "WALSENDER", "STATE", "SENT", "FLUSH", "REPLAY"];
     if with_lag {
         header.extend(["LAG", "SEGMENTS BEHIND"]);
     }
     header.push("");
-    let rows: Vec<Vec<String>> = views
-        .iter()
+    let mut order: Vec<&ReplicaView> = views.iter().collect();
+    order.sort_by_key(|v| !v.connected);
+    let rows: Vec<Vec<String>> = order
+        .into_iter()
         .map(|v| {
             let who = v
                 .walsender
@@ -134,5 +137,12 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool) -> String {
     if rows.is_empty() {
         return "  (the list is empty and no replica is connected)\n".to_string();
     }
-    table(&header, &rows)
+    let hidden = rows.len().saturating_sub(max);
+    let mut out = table(&header, &rows[..rows.len() - hidden]);
+    if hidden > 0 {
+        out.push_str(&format!(
+            "  ... and {hidden} more (--json lists them all)\n"
+        ));
+    }
+    out
 }

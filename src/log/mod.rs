@@ -2,14 +2,17 @@
 
 pub mod summary;
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use walguard_core::event::Previous;
 pub use walguard_core::logfmt::Level;
-use walguard_core::logfmt::format_line;
+use walguard_core::logfmt::{format_line, parse_logfmt};
+
+use crate::out::say;
 
 /// Where decision lines go.
 #[derive(Clone, Debug)]
@@ -43,7 +46,150 @@ impl DecisionLog {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            eprint!("walguard: cannot write the decision log {path}: {e}; the line was: {line}");
+            say(&format!(
+                "walguard: cannot write the decision log {path}: {e}; the line was: {}",
+                line.trim_end()
+            ));
         }
+    }
+}
+
+/// How much of the log's end is read to find walguard's own last outcomes: many minutes
+/// of retries, at a few hundred bytes a line.
+const TAIL: u64 = 64 << 10;
+
+/// The last `TAIL` bytes of `path`, whole lines only.
+fn tail(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity((len - start) as usize);
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(match (start, text.find('\n')) {
+        (0, _) | (_, None) => text,
+        (_, Some(first_end)) => text[first_end + 1..].to_string(),
+    })
+}
+
+/// One decision line, as the tail readers need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Line {
+    pub ts: String,
+    pub wal: String,
+    pub decision: String,
+    pub reason: String,
+}
+
+/// The `cmd=archive` lines of the log's end, newest first.
+fn recent(path: &Path) -> Option<Vec<Line>> {
+    let text = tail(path).ok()?;
+    Some(
+        text.lines()
+            .rev()
+            .filter_map(parse_logfmt)
+            .filter(|pairs| pairs.iter().any(|(k, v)| *k == "cmd" && v == "archive"))
+            .map(|pairs| {
+                let get = |key: &str| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| v.to_string())
+                        .unwrap_or_default()
+                };
+                Line {
+                    ts: get("ts"),
+                    wal: get("wal"),
+                    decision: get("decision"),
+                    reason: get("reason"),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// What walguard itself last decided about `wal`, from the end of its log: whether the
+/// attempt before this one held it. `None` when the log cannot be read.
+pub fn previous_outcome(path: &Path, wal: &str) -> Option<Previous> {
+    let lines = recent(path)?;
+    Some(match lines.iter().find(|l| l.wal == wal) {
+        Some(l) if l.decision == "held" => Previous::Held,
+        _ => Previous::Other,
+    })
+}
+
+/// The newest `archive` decision in the log, if any.
+pub fn last_decision(path: &Path) -> Option<Line> {
+    recent(path)?.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_readers_find_the_newest_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = DecisionLog::new(Some(dir.path().join("watchdog.log")));
+        let path = dir.path().join("watchdog.log");
+        assert_eq!(previous_outcome(&path, "A"), None, "no log yet");
+        let padding = "x".repeat(300);
+        for i in 0..400 {
+            log.write(
+                Level::Info,
+                &[
+                    ("cmd", "archive".into()),
+                    ("wal", format!("W{i}")),
+                    ("decision", "archived".into()),
+                    ("pad", padding.clone()),
+                ],
+            );
+        }
+        log.write(
+            Level::Info,
+            &[
+                ("cmd", "archive".into()),
+                ("wal", "A".into()),
+                ("decision", "held".into()),
+            ],
+        );
+        log.write(
+            Level::Info,
+            &[
+                ("cmd", "archive".into()),
+                ("wal", "B".into()),
+                ("decision", "error".into()),
+                ("reason", "disk full".into()),
+            ],
+        );
+        log.write(
+            Level::Info,
+            &[
+                ("cmd", "check".into()),
+                ("wal", "C".into()),
+                ("decision", "held".into()),
+            ],
+        );
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > TAIL,
+            "the tail is a real tail"
+        );
+        assert_eq!(previous_outcome(&path, "A"), Some(Previous::Held));
+        assert_eq!(previous_outcome(&path, "B"), Some(Previous::Other));
+        assert_eq!(
+            previous_outcome(&path, "C"),
+            Some(Previous::Other),
+            "check lines do not count"
+        );
+        let last = last_decision(&path).unwrap();
+        assert_eq!(
+            (
+                last.wal.as_str(),
+                last.decision.as_str(),
+                last.reason.as_str()
+            ),
+            ("B", "error", "disk full")
+        );
     }
 }

@@ -48,7 +48,8 @@ pub struct Summary {
     pub errors: u64,
     pub last_error: Option<String>,
     pub per_replica: BTreeMap<String, ReplicaTotals>,
-    /// `flowing`, `held` or `unknown` (no decision yet).
+    /// `flowing`, `held`, `failing` (the last decision was an error) or `unknown` (no
+    /// decision yet).
     pub state: String,
     pub last_decision: Option<String>,
 }
@@ -189,23 +190,26 @@ pub fn summarise(mut input: impl BufRead, now: SystemTime) -> std::io::Result<Su
         .collect();
     still.sort_by(|a, b| a.wal.cmp(&b.wal));
     s.open_holds = still;
-    s.state = match (last_at, s.open_holds.is_empty()) {
-        (None, _) => "unknown",
-        (Some(_), false) => "held",
-        (Some(_), true) => "flowing",
-    }
-    .to_string();
-    s.last_decision = last_at.and_then(|_| {
+    let last = last_at.and_then(|_| {
         let pairs = parse_logfmt(&last_line)?;
         let get = |k: &str| {
             pairs
                 .iter()
                 .find(|(key, _)| *key == k)
-                .map(|(_, v)| v.as_ref())
-                .unwrap_or("")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
         };
-        Some(format!("{} {} {}", get("ts"), get("wal"), get("decision")))
+        Some((get("ts"), get("wal"), get("decision")))
     });
+    // An archiver whose last attempt failed is failing, whatever holds are still open.
+    s.state = match (&last, s.open_holds.is_empty()) {
+        (None, _) => "unknown",
+        (Some((_, _, decision)), _) if decision == "error" => "failing",
+        (Some(_), false) => "held",
+        (Some(_), true) => "flowing",
+    }
+    .to_string();
+    s.last_decision = last.map(|(ts, wal, decision)| format!("{ts} {wal} {decision}"));
     Ok(s)
 }
 
@@ -382,6 +386,13 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
         );
         let text = render("watchdog.log", &s);
         assert!(text.contains("current state: held"), "{text}");
+
+        let failing = format!(
+            "{log}ts=2026-11-22T00:17:00.000Z level=error pid=10 cmd=archive wal=D decision=error reason=\"disk full\"\n"
+        );
+        let s = summarise(lines(&failing), now).unwrap();
+        assert_eq!(s.state, "failing");
+        assert!(render("watchdog.log", &s).contains("current state: failing"));
     }
 
     proptest! {

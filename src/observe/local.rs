@@ -18,25 +18,18 @@ pub fn pressure(pgdata: &Path, modified: Option<SystemTime>) -> Pressure {
 /// Free and total space of the file system holding `path` (statvfs: network file systems
 /// included).
 pub fn space(path: &Path) -> std::io::Result<Space> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: c_path is NUL-terminated; st is written by statvfs before we read it.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs succeeded, so st is initialised.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on some 32-bit ones): widen explicitly.
-    #[allow(clippy::useless_conversion)]
-    let (frsize, bavail, blocks) = (
-        u64::from(st.f_frsize),
-        u64::from(st.f_bavail),
-        u64::from(st.f_blocks),
-    );
+    let st = rustix::fs::statvfs(path)?;
     Ok(Space {
-        available: bavail * frsize,
-        total: blocks * frsize,
+        available: st.f_bavail.saturating_mul(st.f_frsize),
+        total: st.f_blocks.saturating_mul(st.f_frsize),
     })
+}
+
+/// The system identifier of the cluster in `pgdata`, from its `global/pg_control`;
+/// `None` when that file cannot be read (not a data directory, no permission).
+pub fn system_identifier(pgdata: &Path) -> Option<u64> {
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(pgdata.join("global/pg_control")).ok()?;
+    std::io::Read::read_exact(&mut file, &mut head).ok()?;
+    walguard_core::header::control_system_identifier(&head)
 }

@@ -33,10 +33,16 @@ pub enum ObserveError {
 /// A walsender connected to a database (`datid`) is a logical one.
 /// `pg_stat_get_wal_senders()` starts with pid, state, sent, write, flush, replay in
 /// every version since 9.6, so `w.*` goes last and is read by position.
+/// Times are RFC 3339 in UTC, like every other time walguard prints.
 const QUERY: &str = "\
 SELECT current_setting('wal_segment_size'),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END,
-       a.last_archived_wal, a.last_archived_time, a.last_failed_wal, a.last_failed_time, a.failed_count
+       a.last_archived_wal,
+       to_char(a.last_archived_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+       a.last_failed_wal,
+       to_char(a.last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+       a.failed_count, pg_is_in_recovery(), current_user, (pg_control_system()).system_identifier,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END
 FROM pg_stat_get_archiver() a;
 SELECT pg_get_userbyid(a.usesysid), a.application_name, host(a.client_addr), a.client_hostname,
        a.datid IS NOT NULL, w.*
@@ -59,11 +65,20 @@ fn lsn_at(
         .transpose()
 }
 
-fn parse_server_row(
-    row: &postgres::SimpleQueryRow,
-) -> Result<(SegmentSize, Option<Lsn>, Archiver), ObserveError> {
+/// The first statement's row: the server's own facts.
+struct ServerRow {
+    segment_size: SegmentSize,
+    current_lsn: Option<Lsn>,
+    archiver: Archiver,
+    timeline: Option<u32>,
+    in_recovery: bool,
+    role: Option<String>,
+    system_identifier: Option<u64>,
+}
+
+fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, ObserveError> {
     let text = row.get(0).unwrap_or("");
-    let size = text
+    let segment_size = text
         .parse::<Bytes>()
         .ok()
         .and_then(|b| SegmentSize::new(b.0).ok())
@@ -76,7 +91,17 @@ fn parse_server_row(
         last_failed_time: text(5),
         failed_count: row.get(6).and_then(|v| v.parse().ok()).unwrap_or(0),
     };
-    Ok((size, lsn_at(row, 1, "pg_current_wal_lsn")?, archiver))
+    Ok(ServerRow {
+        segment_size,
+        current_lsn: lsn_at(row, 1, "pg_current_wal_lsn")?,
+        archiver,
+        timeline: row
+            .get(10)
+            .and_then(|name| u32::from_str_radix(name.get(..8)?, 16).ok()),
+        in_recovery: row.get(7) == Some("t"),
+        role: text(8),
+        system_identifier: row.get(9).and_then(|v| v.parse().ok()),
+    })
 }
 
 fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Walsender, ObserveError> {
@@ -135,16 +160,19 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
             _ => {}
         }
     }
-    let (segment_size, current_lsn, archiver) =
-        server.ok_or_else(|| unexpected("pg_stat_archiver", "no row"))?;
+    let server = server.ok_or_else(|| unexpected("pg_stat_archiver", "no row"))?;
     // Dropping sends Terminate without waiting for the server to acknowledge it, as
     // `close()` would: the server logs no "connection reset" either way.
     drop(client);
     Ok(Observation {
         origin: Origin::Sql,
-        segment_size,
-        current_lsn,
+        segment_size: server.segment_size,
+        current_lsn: server.current_lsn,
+        timeline: server.timeline,
+        in_recovery: server.in_recovery,
+        role: server.role,
+        system_identifier: server.system_identifier,
         walsenders,
-        archiver: Some(archiver),
+        archiver: Some(server.archiver),
     })
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// The file's text and mode; refused when it (or its open file) is world-writable.
 pub fn read_protected(path: &Path) -> io::Result<(String, u32)> {
-    let mut file = File::open(path)?;
+    let mut file = File::open(path).map_err(|e| with_owner(path, e))?;
     // fstat on the open file: no window between checking and reading.
     let mode = file.metadata()?.mode();
     if mode & 0o002 != 0 {
@@ -24,6 +24,34 @@ pub fn read_protected(path: &Path) -> io::Result<(String, u32)> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     Ok((text, mode))
+}
+
+/// "Permission denied", with who walguard runs as and whose file it is: what to do.
+fn with_owner(path: &Path, e: io::Error) -> io::Error {
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return e;
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return io::Error::new(
+            e.kind(),
+            format!(
+                "{e}; walguard runs as {}, which cannot reach it: make its directory searchable by that user",
+                crate::sys::describe_user(crate::sys::euid())
+            ),
+        );
+    };
+    let me = crate::sys::euid();
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{e}; walguard runs as {} and the file belongs to {} with mode {:o}: make it readable by {} \
+             (for example chgrp the server's group and chmod g+r, or chown it)",
+            crate::sys::describe_user(me),
+            crate::sys::describe_user(meta.uid()),
+            meta.mode() & 0o7777,
+            crate::sys::user_name(me).unwrap_or_else(|| format!("uid {me}"))
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::path::Path;
 
 use thiserror::Error;
-use walguard_core::list::{self, Entry, ListError, Selector};
+use walguard_core::list::{self, Entry, ListError, Lookup, Selector};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -18,26 +18,24 @@ pub enum LoadError {
     List(#[from] ListError),
 }
 
-/// Looks every host name up. Only costs anything when the list has host names.
-pub fn resolve(entries: &mut [Entry], file: &str) -> Result<(), ListError> {
+/// Looks every host name up. Only costs anything when the list has host names. A name
+/// that does not resolve is recorded, not fatal: that replica is simply not there (it
+/// holds, and the safety valves still apply), while a DNS outage must never stop all
+/// archiving.
+pub fn resolve(entries: &mut [Entry]) {
     for entry in entries.iter_mut() {
-        if let Selector::Host { name, addrs } = &mut entry.selector {
-            let found = (name.as_str(), 0)
-                .to_socket_addrs()
-                .map_err(|e| ListError::Line {
-                    file: file.to_string(),
-                    line: entry.line,
-                    problem: format!(
-                        "host name {name:?} does not resolve ({e}): fix the name, add it to /etc/hosts, or use its IP address"
-                    ),
-                })?;
-            let mut list: Vec<IpAddr> = found.map(|sa| sa.ip().to_canonical()).collect();
-            list.sort();
-            list.dedup();
-            *addrs = Some(list);
+        if let Selector::Host { name, lookup } = &mut entry.selector {
+            *lookup = match (name.as_str(), 0).to_socket_addrs() {
+                Ok(found) => {
+                    let mut list: Vec<IpAddr> = found.map(|sa| sa.ip().to_canonical()).collect();
+                    list.sort();
+                    list.dedup();
+                    Lookup::Found(list)
+                }
+                Err(e) => Lookup::Failed(e.to_string()),
+            };
         }
     }
-    Ok(())
 }
 
 /// Reads, parses and (when asked) resolves the list file.
@@ -49,7 +47,7 @@ pub fn load(path: &Path, resolve_names: bool) -> Result<Vec<Entry>, LoadError> {
     })?;
     let mut entries = list::parse(&text, &file)?;
     if resolve_names {
-        resolve(&mut entries, &file)?;
+        resolve(&mut entries);
     }
     Ok(entries)
 }
@@ -60,20 +58,22 @@ mod tests {
     use walguard_core::list::parse;
 
     #[test]
-    fn resolves_localhost_and_reports_unknown_names() {
-        let mut ok = parse("localhost", "l").unwrap();
-        resolve(&mut ok, "l").unwrap();
-        match &ok[0].selector {
-            Selector::Host { addrs: Some(a), .. } => {
-                assert!(a.iter().any(|ip| ip.is_loopback()), "{a:?}")
-            }
+    fn resolves_localhost_and_records_unknown_names() {
+        let mut entries = parse("localhost\nno-such-host.invalid", "l").unwrap();
+        resolve(&mut entries);
+        match &entries[0].selector {
+            Selector::Host {
+                lookup: Lookup::Found(a),
+                ..
+            } => assert!(a.iter().any(|ip| ip.is_loopback()), "{a:?}"),
             other => panic!("{other:?}"),
         }
-        let mut bad = parse("\nno-such-host.invalid", "l").unwrap();
-        let err = resolve(&mut bad, "l").unwrap_err().to_string();
-        assert!(
-            err.starts_with("l:2: host name \"no-such-host.invalid\" does not resolve"),
-            "{err}"
-        );
+        match &entries[1].selector {
+            Selector::Host {
+                lookup: Lookup::Failed(e),
+                ..
+            } => assert!(!e.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 }

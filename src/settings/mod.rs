@@ -209,6 +209,26 @@ impl Settings {
     }
 }
 
+/// True when `text` carries a password: a `password` key in any case (libpq's
+/// `password=`, a `PGPASSWORD`-style name), or one inside a `postgres[ql]://user:pw@` URI.
+fn holds_password(text: &str) -> bool {
+    if text.to_ascii_lowercase().contains("password") {
+        return true;
+    }
+    ["postgresql://", "postgres://"].iter().any(|scheme| {
+        text.match_indices(scheme).any(|(at, _)| {
+            let rest = &text[at + scheme.len()..];
+            let authority = rest
+                .split(|c: char| c == '/' || c == '?' || c == '"' || c == '\'' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            authority
+                .rsplit_once('@')
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        })
+    })
+}
+
 /// Reads the config file (if any) and lays the command line and environment over it.
 pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError> {
     let file = match config {
@@ -219,14 +239,15 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
                     file: name.clone(),
                     source,
                 })?;
-            if mode & 0o004 != 0 && text.contains("password") {
-                eprintln!(
+            if mode & 0o004 != 0 && holds_password(&text) {
+                crate::out::say(&format!(
                     "walguard: warning: {name} holds a password and every user can read it; run chmod o-r {name}"
-                );
+                ));
             }
+            // toml's message keeps its line and caret on lines of their own.
             toml::from_str::<Layer>(&text).map_err(|e| SettingsError::Parse {
                 file: name,
-                message: e.to_string().trim_end().replace('\n', " "),
+                message: e.to_string().trim_end().to_string(),
             })?
         }
         None => Layer::default(),
@@ -322,6 +343,23 @@ mod tests {
         );
         assert_eq!(s.on_event.as_deref(), Some("logger x"));
         assert_eq!(s.source, Source::Auto);
+    }
+
+    #[test]
+    fn passwords_are_found_in_every_form() {
+        let cases = [
+            ("conninfo = \"host=/tmp password=x\"", true),
+            ("conninfo = \"host=/tmp PASSWORD=x\"", true),
+            ("# PGPASSWORD=x", true),
+            ("conninfo = \"postgresql://mon:s3cret@db1/postgres\"", true),
+            ("conninfo = \"postgres://mon:s3cret@db1:5433\"", true),
+            ("conninfo = \"postgresql://mon@db1/postgres\"", false),
+            ("conninfo = \"postgresql://db1/postgres?user=a\"", false),
+            ("conninfo = \"host=/tmp user=mon\"", false),
+        ];
+        for (text, want) in cases {
+            assert_eq!(holds_password(text), want, "{text}");
+        }
     }
 
     #[test]

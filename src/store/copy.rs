@@ -1,21 +1,19 @@
 //! The durable, never-overwriting copy into the archive directory.
 //!
-//! The file is written under a temporary name in `ARCHIVE_DIR/.walguard-tmp/`, fsynced,
-//! then hard-linked to its final name. `link(2)` fails if the final name exists, so no
+//! The file is written under a temporary name in the temp area, fsynced, then
+//! hard-linked to its final name. `link(2)` fails if the final name exists, so no
 //! existing file is ever replaced, and a crash leaves either no final file or the whole
 //! one. The archive directory is then fsynced so that the new name survives a crash.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use thiserror::Error;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, linkat, openat, unlinkat};
 
-/// Where temporary files live, inside the archive directory (same file system, so the
-/// final link is atomic).
-pub const TMP_DIR: &str = ".walguard-tmp";
+use super::area::ArchiveDir;
+use super::{StoreError, commit};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -25,53 +23,23 @@ pub enum Stored {
     Exists { bytes: u64 },
 }
 
-#[derive(Debug, Error)]
-pub enum CopyError {
-    #[error(
-        "{dest} already exists with different content: refusing to overwrite it; \
-         find out which server wrote it (two primaries archiving to one directory?) before moving it away"
-    )]
-    Conflict { dest: PathBuf },
-    #[error("{dest} is not a regular file: refusing to write through it")]
-    NotRegular { dest: PathBuf },
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CopyError + 'a {
-    move |source| CopyError::Io {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
         what,
         path: path.to_path_buf(),
         source,
     }
 }
 
-/// Removes the temporary file unless the copy got far enough to not need it.
-struct TempFile<'a>(&'a Path);
-
-impl Drop for TempFile<'_> {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(self.0);
-    }
-}
-
 /// True when both files hold the same bytes. Reads in large blocks: a segment is 16 MiB+.
-fn same_content(a: &Path, b: &Path) -> Result<bool, CopyError> {
-    let mut fa = File::open(a).map_err(io_err("cannot read", a))?;
-    let mut fb = File::open(b).map_err(io_err("cannot read", b))?;
-    let la = fa.metadata().map_err(io_err("cannot stat", a))?.len();
-    let lb = fb.metadata().map_err(io_err("cannot stat", b))?.len();
-    if la != lb {
+fn same_content(a: &mut File, b: &mut File) -> io::Result<bool> {
+    if a.metadata()?.len() != b.metadata()?.len() {
         return Ok(false);
     }
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
-        let n = read_full(&mut fa, &mut ba).map_err(io_err("cannot read", a))?;
-        let m = read_full(&mut fb, &mut bb).map_err(io_err("cannot read", b))?;
+        let n = read_full(a, &mut ba)?;
+        let m = read_full(b, &mut bb)?;
         if n != m || ba[..n] != bb[..m] {
             return Ok(false);
         }
@@ -94,76 +62,21 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// What to do when the final name is already taken.
-fn existing(src: &Path, dest: &Path) -> Result<Stored, CopyError> {
-    let meta = fs::symlink_metadata(dest).map_err(io_err("cannot stat", dest))?;
-    if !meta.file_type().is_file() {
-        return Err(CopyError::NotRegular {
-            dest: dest.to_path_buf(),
-        });
-    }
-    if same_content(src, dest)? {
-        Ok(Stored::Exists { bytes: meta.len() })
-    } else {
-        Err(CopyError::Conflict {
-            dest: dest.to_path_buf(),
-        })
-    }
-}
-
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Removes temporary files left by runs that died (kill -9, power loss): their writer is
-/// gone, or they are older than `stale_after` (no live run lasts longer than its timeout).
-fn clean_stale(tmp_dir: &Path, stale_after: Duration) {
-    let Ok(entries) = fs::read_dir(tmp_dir) else {
-        return;
-    };
-    let now = SystemTime::now();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.rsplit_once('.'))
-            .and_then(|(_, pid)| pid.parse::<i32>().ok());
-        let old = entry
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > stale_after);
-        let orphan = pid.is_none_or(|pid| pid != std::process::id() as i32 && !process_alive(pid));
-        if old || orphan {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), CopyError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot fsync directory", dir))
-}
-
 /// A copy under a temporary name: neither durable nor visible until [`Staged::commit`].
 /// Dropping it removes the temporary file, so a held segment leaves nothing behind.
 pub struct Staged {
+    dir: ArchiveDir,
     src: PathBuf,
-    dir: PathBuf,
-    dest: PathBuf,
-    /// `None` when the final name was already taken at staging time.
-    tmp: Option<(PathBuf, File)>,
+    name: String,
+    /// The temporary name and file; `None` when the final name was already taken.
+    tmp: Option<(String, File)>,
     bytes: u64,
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some((tmp, _)) = &self.tmp {
-            let _ = fs::remove_file(tmp);
+            let _ = unlinkat(&self.dir.tmp, tmp, AtFlags::empty());
         }
     }
 }
@@ -175,75 +88,130 @@ pub fn stage(
     dir: &Path,
     name: &str,
     stale_after: Duration,
-) -> Result<Staged, CopyError> {
+) -> Result<Staged, StoreError> {
+    let dir = ArchiveDir::open(dir)?;
     let mut staged = Staged {
         src: src.to_path_buf(),
-        dir: dir.to_path_buf(),
-        dest: dir.join(name),
+        name: name.to_string(),
         tmp: None,
         bytes: 0,
+        dir,
     };
-    if fs::symlink_metadata(&staged.dest).is_ok() {
+    let dest = staged.dir.path.join(name);
+    if staged
+        .dir
+        .entry_type(name)
+        .map_err(io_err("cannot stat", &dest))?
+        .is_some()
+    {
         return Ok(staged);
     }
-    let tmp_dir = dir.join(TMP_DIR);
-    match fs::DirBuilder::new().mode(0o700).create(&tmp_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => clean_stale(&tmp_dir, stale_after),
-        Err(e) => return Err(io_err("cannot create", &tmp_dir)(e)),
-    }
-    let tmp = tmp_dir.join(format!("{name}.{}", std::process::id()));
+    staged.dir.clean_stale(stale_after);
+    let tmp_name = staged.dir.temp_name(name);
+    let tmp_path = staged.dir.path.join(super::area::TMP_DIR).join(&tmp_name);
     let mut input = File::open(src).map_err(io_err("cannot open", src))?;
-    let mut output = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600) // WAL holds every row of the database
-        .open(&tmp)
-        .map_err(io_err("cannot create", &tmp))?;
-    let copied = copy_all(src, &mut input, &mut output, &tmp);
-    staged.tmp = Some((tmp, output)); // from here on, dropping `staged` removes it
-    staged.bytes = copied?;
+    let output = openat(
+        &staged.dir.tmp,
+        &tmp_name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR, // WAL holds every row of the database
+    )
+    .map(File::from)
+    .map_err(|e| io_err("cannot create", &tmp_path)(e.into()))?;
+    let mut output = &staged.tmp.insert((tmp_name, output)).1; // dropping `staged` removes it
+    // std::io::copy uses copy_file_range(2) between files: no user-space buffer.
+    staged.bytes = io::copy(&mut input, &mut output).map_err(io_err("cannot write", &tmp_path))?;
     Ok(staged)
 }
 
-fn copy_all(src: &Path, input: &mut File, output: &mut File, tmp: &Path) -> Result<u64, CopyError> {
-    // std::io::copy uses copy_file_range(2) between files: no user-space buffer.
-    let bytes = io::copy(input, output).map_err(io_err("cannot write", tmp))?;
-    let expected = input.metadata().map_err(io_err("cannot stat", src))?.size();
-    if bytes != expected {
-        return Err(io_err("short copy of", src)(io::Error::other(format!(
-            "copied {bytes} of {expected} bytes"
-        ))));
-    }
-    Ok(bytes)
-}
-
 impl Staged {
-    /// Makes the copy durable and visible: fsync the file, link it to its final name
-    /// (failing if that name exists: nothing is ever replaced), fsync the directory.
-    pub fn commit(mut self) -> Result<Stored, CopyError> {
+    /// Makes the copy durable and visible: check it is exactly `expected` bytes (the
+    /// segment size the decision validated; `None` for files of any size), fsync it,
+    /// link it to its final name (failing if that name exists: nothing is ever
+    /// replaced), fsync the directory.
+    pub fn commit(mut self, expected: Option<u64>) -> Result<Stored, StoreError> {
         let Some((tmp, output)) = self.tmp.take() else {
-            return existing(&self.src, &self.dest);
+            return self.existing(expected);
         };
-        let _guard = TempFile(&tmp);
-        output.sync_all().map_err(io_err("cannot fsync", &tmp))?;
+        let result = self.link(&tmp, output, expected);
+        let _ = unlinkat(&self.dir.tmp, &tmp, AtFlags::empty());
+        result
+    }
+
+    fn link(&self, tmp: &str, output: File, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let dest = self.dir.path.join(&self.name);
+        if let Some(expected) = expected
+            && self.bytes != expected
+        {
+            return Err(StoreError::Short {
+                src: self.src.clone(),
+                copied: self.bytes,
+                expected,
+            });
+        }
+        output.sync_all().map_err(io_err("cannot fsync", &dest))?;
         drop(output);
-        match fs::hard_link(&tmp, &self.dest) {
+        let guard = commit::begin().map_err(|_| StoreError::Aborted)?;
+        match linkat(
+            &self.dir.tmp,
+            tmp,
+            &self.dir.fd,
+            &self.name,
+            AtFlags::empty(),
+        ) {
             Ok(()) => {}
             // Another run (PostgreSQL's retry racing a manual one) got there first.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return existing(&self.src, &self.dest);
+            Err(rustix::io::Errno::EXIST) => {
+                drop(guard);
+                return self.existing(expected);
             }
-            Err(e) => return Err(io_err("cannot link into place", &self.dest)(e)),
+            Err(e) => return Err(io_err("cannot link into place", &dest)(e.into())),
         }
-        sync_dir(&self.dir)?;
+        self.dir.sync().map_err(|e| StoreError::Undurable {
+            dest: dest.clone(),
+            cause: e.to_string(),
+        })?;
+        guard.done();
         Ok(Stored::Copied { bytes: self.bytes })
+    }
+
+    /// The final name is taken: identical bytes are success, made durable first (the
+    /// earlier run may have crashed before its fsyncs); anything else is refused.
+    fn existing(&self, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let dest = self.dir.path.join(&self.name);
+        if self
+            .dir
+            .entry_type(&self.name)
+            .map_err(io_err("cannot stat", &dest))?
+            != Some(FileType::RegularFile)
+        {
+            return Err(StoreError::NotRegular { dest });
+        }
+        let mut archived = self
+            .dir
+            .open_file(&self.name)
+            .map_err(io_err("cannot read", &dest))?;
+        let mut src = File::open(&self.src).map_err(io_err("cannot read", &self.src))?;
+        let bytes = archived
+            .metadata()
+            .map_err(io_err("cannot stat", &dest))?
+            .len();
+        let same =
+            same_content(&mut src, &mut archived).map_err(io_err("cannot compare with", &dest))?;
+        if !same || expected.is_some_and(|e| e != bytes) {
+            return Err(StoreError::Conflict { dest });
+        }
+        archived.sync_all().map_err(io_err("cannot fsync", &dest))?;
+        self.dir.sync()?;
+        Ok(Stored::Exists { bytes })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::area::TMP_DIR;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     struct Dir(PathBuf);
@@ -267,8 +235,8 @@ mod tests {
         dir: &Path,
         name: &str,
         stale_after: Duration,
-    ) -> Result<Stored, CopyError> {
-        stage(src, dir, name, stale_after)?.commit()
+    ) -> Result<Stored, StoreError> {
+        stage(src, dir, name, stale_after)?.commit(None)
     }
 
     #[test]
@@ -299,8 +267,27 @@ mod tests {
         other[2_999_999] ^= 1;
         fs::write(&src, &other).unwrap();
         let err = store(&src, &archive, NAME, STALE).unwrap_err();
-        assert!(matches!(err, CopyError::Conflict { .. }), "{err}");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         assert_eq!(fs::read(&dest).unwrap(), data, "never overwritten");
+    }
+
+    #[test]
+    fn a_copy_of_the_wrong_size_is_never_committed() {
+        let d = tempdir("short");
+        let src = d.0.join("seg");
+        fs::write(&src, vec![1u8; 8 << 20]).unwrap();
+        let archive = d.0.join("archive");
+        let err = stage(&src, &archive, NAME, STALE)
+            .unwrap()
+            .commit(Some(16 << 20))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("copied 8388608 bytes of a 16777216-byte segment"),
+            "{err}"
+        );
+        assert!(!archive.join(NAME).exists());
+        assert_eq!(fs::read_dir(archive.join(TMP_DIR)).unwrap().count(), 0);
     }
 
     #[test]
@@ -311,7 +298,7 @@ mod tests {
         let archive = d.0.join("archive");
         std::os::unix::fs::symlink(d.0.join("elsewhere"), archive.join(NAME)).unwrap();
         let err = store(&src, &archive, NAME, STALE).unwrap_err();
-        assert!(matches!(err, CopyError::NotRegular { .. }), "{err}");
+        assert!(matches!(err, StoreError::NotRegular { .. }), "{err}");
         assert!(!d.0.join("elsewhere").exists());
     }
 
@@ -321,21 +308,46 @@ mod tests {
         let archive = d.0.join("archive");
         let tmp = archive.join(TMP_DIR);
         fs::create_dir(&tmp).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).unwrap();
+        let host = crate::sys::host_tag();
         // pid 1 is alive (init) and its file is fresh: kept. A dead pid's file goes.
-        let live = tmp.join(format!("{NAME}.1"));
-        let dead = tmp.join(format!("{NAME}.{}", i32::MAX));
-        fs::write(&live, b"partial").unwrap();
-        fs::write(&dead, b"partial").unwrap();
+        let live = tmp.join(format!("{NAME}.{host}.1.tmp"));
+        let dead = tmp.join(format!("{NAME}.{host}.{}.tmp", i32::MAX));
+        let elsewhere = tmp.join(format!("{NAME}.another-host.{}.tmp", i32::MAX));
+        let foreign = tmp.join("README");
+        for f in [&live, &dead, &elsewhere, &foreign] {
+            fs::write(f, b"partial").unwrap();
+        }
         let src = d.0.join("seg");
         fs::write(&src, b"whole").unwrap();
         store(&src, &archive, "000000010000000000000002", STALE).unwrap();
         assert!(live.exists());
         assert!(!dead.exists());
+        assert!(elsewhere.exists(), "another host's file goes by age only");
         store(&src, &archive, "000000010000000000000003", Duration::ZERO).unwrap();
         assert!(
             !live.exists(),
             "older than the limit: stale whoever wrote it"
         );
+        assert!(
+            foreign.exists(),
+            "a name walguard never creates is never deleted"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_temp_area_is_refused_and_its_target_untouched() {
+        let d = tempdir("tmplink");
+        let archive = d.0.join("archive");
+        let victim = d.0.join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join(NAME), b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, archive.join(TMP_DIR)).unwrap();
+        let src = d.0.join("seg");
+        fs::write(&src, b"whole").unwrap();
+        let err = store(&src, &archive, "000000010000000000000002", Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("is not a real directory"), "{err}");
+        assert_eq!(fs::read(victim.join(NAME)).unwrap(), b"precious");
     }
 
     #[test]

@@ -1,3 +1,45 @@
-//! The archive store: the durable, never-overwriting copy into the archive directory.
+//! The archive store: the durable, never-overwriting copy into the archive directory
+//! ([`copy`]), its directory and temp area ([`area`]), and the commit phase that a
+//! timeout or signal cannot cut in half ([`commit`]).
 
+pub mod area;
+pub mod commit;
 pub mod copy;
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "{dest} already exists with different content: refusing to overwrite it; \
+         find out which server wrote it (two primaries archiving to one directory?) before moving it away"
+    )]
+    Conflict { dest: PathBuf },
+    #[error("{dest} is not a regular file: refusing to write through it")]
+    NotRegular { dest: PathBuf },
+    #[error("{path} {problem}")]
+    TempArea { path: PathBuf, problem: String },
+    #[error(
+        "{src} changed while it was copied: copied {copied} bytes of a {expected}-byte segment; nothing was archived"
+    )]
+    Short {
+        src: PathBuf,
+        copied: u64,
+        expected: u64,
+    },
+    #[error(
+        "{dest} was linked into place, but the archive directory could not be fsynced ({cause}); PostgreSQL's retry will find it and make it durable"
+    )]
+    Undurable { dest: PathBuf, cause: String },
+    #[error("walguard is ending (timeout or signal): the copy was not committed")]
+    Aborted,
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}

@@ -234,7 +234,7 @@ impl Cluster {
         )
     }
 
-    fn chown(&self, path: &Path) -> Result<()> {
+    pub fn chown(&self, path: &Path) -> Result<()> {
         if let Some(user) = self.run_as {
             let status = Command::new("chown")
                 .arg("-R")
@@ -480,16 +480,37 @@ impl Cluster {
         Ok(names)
     }
 
-    /// Runs walguard with this cluster's config (as the current user).
+    /// A command that runs `program` as the cluster's OS user (as PostgreSQL runs
+    /// walguard), in the primary's data directory.
+    pub fn as_server_user(&self, program: &Path) -> Command {
+        let mut cmd = match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.current_dir(&self.primary.data).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs walguard with this cluster's config, as the server's user.
     pub fn walguard(&self, args: &[&str]) -> Output {
-        Command::new(&self.walguard)
+        self.as_server_user(&self.walguard)
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .current_dir(&self.primary.data)
-            .stdin(Stdio::null())
             .output()
             .expect("running walguard")
+    }
+
+    /// A new directory under the cluster's, owned by the server's user.
+    pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.base.join(name);
+        fs::create_dir_all(&dir)?;
+        self.chown(&dir)?;
+        Ok(dir)
     }
 
     /// Waits (up to `ARCHIVE_WAIT`) for a decision-log line containing `needle`; returns it.

@@ -6,7 +6,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::list::{Entry, Selector};
+use crate::list::{Entry, Lookup, Selector};
 use crate::observation::{Observation, Origin, Pressure, Walsender};
 use crate::units::{FreeSpace, human_bytes};
 use crate::wal::{Lsn, WalFile};
@@ -169,6 +169,13 @@ fn check_valves(valves: &Valves, pressure: &Pressure, retained: Option<u64>) -> 
     None
 }
 
+/// The valves that need no server (`min_free` and `max_hold` read only local facts), for
+/// when walguard cannot decide at all: an unreachable database or an unreadable list must
+/// not let a held segment fill the disk either.
+pub fn undecided_valve(valves: &Valves, pressure: &Pressure) -> Option<Tripped> {
+    check_valves(valves, pressure, None)
+}
+
 /// A list entry and the walsender it was matched with (index into the observation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {
@@ -183,14 +190,121 @@ pub struct Slowest {
     pub lsn: Lsn,
 }
 
+/// Why a segment is held: one per problem found, each naming who causes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Rule 3: no such segment with this server's segment size.
+    Impossible(String),
+    /// The replicas could not be observed.
+    Unobserved,
+    /// The server asked is a standby: its walsenders are not the primary's replicas.
+    InRecovery,
+    /// Rule 5: a list line with no walsender; `hint` says what probably went wrong.
+    NotConnected { entry: String, hint: Option<String> },
+    /// Rule 5: a connected replica that no line names.
+    Unlisted { pid: i32, walsender: String },
+    /// Rule 6: walsenders whose rows the role may not see (no `pg_monitor`).
+    Hidden { pids: Vec<i32>, role: String },
+    /// Rule 6: a listed replica with no position of the kind that counts.
+    NoPosition {
+        entry: String,
+        noun: &'static str,
+        hidden: bool,
+    },
+    /// Rule 7: the slowest listed replica is not past the position needed.
+    Behind {
+        entry: String,
+        noun: &'static str,
+        at: Lsn,
+        need: Lsn,
+    },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Impossible(text) => f.write_str(text),
+            Reason::Unobserved => f.write_str("the replicas could not be observed"),
+            Reason::InRecovery => f.write_str(
+                "the server at conninfo is a standby (in recovery): walguard must ask the primary; point conninfo at the primary",
+            ),
+            Reason::NotConnected { entry, hint: None } => write!(f, "replica {entry} not connected"),
+            Reason::NotConnected { entry, hint: Some(h) } => {
+                write!(f, "replica {entry} not connected: {h}")
+            }
+            Reason::Unlisted { walsender, .. } => write!(
+                f,
+                "unlisted replica {walsender} is connected: add it to the replicas list (or set unlisted = \"ignore\")"
+            ),
+            Reason::Hidden { pids, role } => {
+                let which = match pids.as_slice() {
+                    [pid] => format!("walsender pid {pid}"),
+                    _ => format!("{} walsenders (pids {})", pids.len(), join_bounded(pids, 5, ", ")),
+                };
+                write!(
+                    f,
+                    "cannot see {which}: the role {role} lacks pg_monitor (GRANT pg_monitor TO {role})"
+                )
+            }
+            Reason::NoPosition { entry, noun, hidden: false } => {
+                write!(f, "replica {entry} has not reported a {noun} position yet")
+            }
+            Reason::NoPosition { entry, hidden: true, .. } => {
+                write!(f, "replica {entry}: its position is hidden from walguard's role (no pg_monitor)")
+            }
+            Reason::Behind { entry, noun, at, need } => {
+                let verb = match *noun {
+                    "replay" => "replayed",
+                    "flush" => "flushed",
+                    other => other,
+                };
+                write!(f, "replica {entry} has {verb} only up to {at}, needs {need}")
+            }
+        }
+    }
+}
+
+impl Reason {
+    /// Who causes it, for `blame`: a list entry, or `unlisted:PID`.
+    pub fn culprit(&self) -> Option<String> {
+        match self {
+            Reason::NotConnected { entry, .. }
+            | Reason::NoPosition { entry, .. }
+            | Reason::Behind { entry, .. } => Some(entry.clone()),
+            Reason::Unlisted { pid, .. } => Some(format!("unlisted:{pid}")),
+            Reason::Impossible(_)
+            | Reason::Unobserved
+            | Reason::InRecovery
+            | Reason::Hidden { .. } => None,
+        }
+    }
+
+    /// True when only positions hold it, which the next segment may well see passed:
+    /// every other reason will hold the next segment too.
+    pub fn is_position(&self) -> bool {
+        matches!(self, Reason::Behind { .. })
+    }
+}
+
+/// `items` joined by `sep`, at most `max` of them, then "and N more": one log line or
+/// one screen must stay readable with a thousand-line list.
+pub fn join_bounded<T: ToString>(items: &[T], max: usize, sep: &str) -> String {
+    let mut out: Vec<String> = items.iter().take(max).map(T::to_string).collect();
+    if items.len() > max {
+        out.push(format!("and {} more", items.len() - max));
+    }
+    out.join(sep)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// Archive now (normally, or because a valve tripped).
     pub archive: bool,
-    /// Why it is held (every reason found), or why it was exempt from waiting. When a
-    /// valve tripped: why it would have been held.
-    pub reasons: Vec<String>,
-    /// Who holds it: list entries, or `unlisted:PID`.
+    /// Why it is held (every reason found). When a valve tripped: why it would have been.
+    pub reasons: Vec<Reason>,
+    /// Why it needed no waiting (rule 2), for files that are not segments.
+    pub exempt: Option<String>,
+    /// Who holds it: list entries, or `unlisted:PID`; each once.
     pub blame: Vec<String>,
     /// Set when a safety valve overrode a hold.
     pub valve: Option<Tripped>,
@@ -200,6 +314,8 @@ pub struct Verdict {
     pub slowest: Option<Slowest>,
     /// The position every listed replica must reach.
     pub need: Option<Lsn>,
+    /// What is wrong but holds nothing (shown by `check` and `status`).
+    pub warnings: Vec<String>,
 }
 
 impl Verdict {
@@ -213,16 +329,36 @@ impl Verdict {
         (connected, self.matches.len())
     }
 
-    fn exempt(reason: String) -> Verdict {
+    fn new(archive: bool, reasons: Vec<Reason>) -> Verdict {
         Verdict {
-            archive: true,
-            reasons: vec![reason],
+            archive,
+            reasons,
+            exempt: None,
             blame: Vec::new(),
             valve: None,
             matches: Vec::new(),
             unlisted: Vec::new(),
             slowest: None,
             need: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The reasons that will hold the next segment too, whatever the positions by then.
+    pub fn lasting_reasons(&self) -> Vec<&Reason> {
+        self.reasons.iter().filter(|r| !r.is_position()).collect()
+    }
+
+    /// Who holds it, for a person: the blamed entries, or the first reason when nobody
+    /// in particular is (a standby asked, a role without pg_monitor).
+    pub fn culprits(&self, max: usize) -> String {
+        if self.blame.is_empty() {
+            self.reasons
+                .first()
+                .map(Reason::to_string)
+                .unwrap_or_default()
+        } else {
+            join_bounded(&self.blame, max, ", ")
         }
     }
 }
@@ -234,9 +370,17 @@ fn selects(selector: &Selector, ws: &Walsender) -> bool {
         _ if !ws.is_replica() => false,
         Selector::Addr(addr) => ws.client_addr == Some(*addr),
         Selector::Host {
-            addrs: Some(addrs), ..
+            lookup: Lookup::Found(addrs),
+            ..
         } => ws.client_addr.is_some_and(|a| addrs.contains(&a)),
-        Selector::Host { name, addrs: None } => ws
+        Selector::Host {
+            lookup: Lookup::Failed(_),
+            ..
+        } => false,
+        Selector::Host {
+            name,
+            lookup: Lookup::NotAsked,
+        } => ws
             .client_hostname
             .as_deref()
             .is_some_and(|h| h.trim_end_matches('.').eq_ignore_ascii_case(name)),
@@ -284,6 +428,40 @@ fn assign(list: &[Entry], walsenders: &[Walsender]) -> Vec<Option<usize>> {
     assigned
 }
 
+/// What probably went wrong with a list line that no walsender matches.
+fn not_connected_hint(entry: &Entry, obs: &Observation, unlisted: &[usize]) -> Option<String> {
+    if let Selector::Host {
+        name,
+        lookup: Lookup::Failed(error),
+    } = &entry.selector
+    {
+        return Some(format!(
+            "host name {name:?} does not resolve ({error}): fix the name, add it to /etc/hosts, or use its IP address"
+        ));
+    }
+    if matches!(entry.selector, Selector::App(_)) {
+        return None;
+    }
+    // A replica on the Unix socket has no address for an address or host line to match.
+    let socket = unlisted
+        .iter()
+        .map(|&w| &obs.walsenders[w])
+        .find(|ws| ws.client_addr.is_none() && ws.client_hostname.is_none())?;
+    let app = if socket.application_name.is_empty() {
+        "NAME".to_string()
+    } else {
+        socket.application_name.clone()
+    };
+    Some(format!(
+        "a replica connected over the Unix socket ({}) has no address to match: list it as app:{app} (and give each replica its own application_name in primary_conninfo)",
+        socket.describe()
+    ))
+}
+
+/// The application_name a replica gets when its primary_conninfo sets none (what
+/// `pg_basebackup -R` writes): two replicas sharing it cannot be told apart by `app:`.
+const DEFAULT_APPLICATION_NAME: &str = "walreceiver";
+
 /// Decides whether `wal` may be archived now. `observation` is only consulted for
 /// segments; `None` stands for "not observed", which holds a segment.
 pub fn decide(
@@ -298,21 +476,26 @@ pub fn decide(
         // Rule 2: replicas never stream these from pg_wal, and a held history file only
         // hurts a failover.
         other => {
-            return Verdict::exempt(format!(
-                "{} files are archived at once: replicas never stream them from pg_wal",
-                other.kind()
-            ));
+            return Verdict {
+                exempt: Some(format!(
+                    "{} files are archived at once: replicas never stream them from pg_wal",
+                    other.kind()
+                )),
+                ..Verdict::new(true, Vec::new())
+            };
         }
     };
     let Some(obs) = observation else {
-        return Verdict {
-            archive: false,
-            reasons: vec!["the replicas could not be observed".to_string()],
-            ..Verdict::exempt(String::new())
-        };
+        return Verdict::new(false, vec![Reason::Unobserved]);
     };
+    if obs.in_recovery {
+        let valve = check_valves(&policy.valves, pressure, None);
+        return Verdict {
+            valve: valve.clone(),
+            ..Verdict::new(valve.is_some(), vec![Reason::InRecovery])
+        };
+    }
     let mut reasons = Vec::new();
-    let mut blame = Vec::new();
 
     // Rule 3: where the segment ends, plus the margin the operator asked for.
     let need = match id.end(obs.segment_size) {
@@ -323,19 +506,10 @@ pub fn decide(
             Some(Lsn(end.0.saturating_add(margin)))
         }
         Err(e) => {
-            reasons.push(e.to_string());
+            reasons.push(Reason::Impossible(e.to_string()));
             None
         }
     };
-
-    // Rule 6, first half: without pg_monitor the rows hide addresses and positions.
-    for ws in obs.walsenders.iter().filter(|ws| ws.state.is_none()) {
-        reasons.push(format!(
-            "cannot see walsender pid {}: the role lacks pg_monitor (GRANT pg_monitor TO {})",
-            ws.pid,
-            ws.user.as_deref().unwrap_or("the walguard role")
-        ));
-    }
 
     // Rule 5: every line matched by its own walsender; no unlisted replica.
     let matches: Vec<Match> = list
@@ -346,22 +520,41 @@ pub fn decide(
             walsender,
         })
         .collect();
-    for m in matches.iter().filter(|m| m.walsender.is_none()) {
-        reasons.push(format!("replica {} not connected", m.entry));
-        blame.push(m.entry.to_string());
-    }
+    let matched = |w: usize| matches.iter().any(|m| m.walsender == Some(w));
     let unlisted: Vec<usize> = (0..obs.walsenders.len())
-        .filter(|&w| obs.walsenders[w].is_replica() && obs.walsenders[w].state.is_some())
-        .filter(|w| !matches.iter().any(|m| m.walsender == Some(*w)))
+        .filter(|&w| obs.walsenders[w].is_replica() && obs.walsenders[w].visible())
+        .filter(|&w| !matched(w))
         .collect();
+    for m in matches.iter().filter(|m| m.walsender.is_none()) {
+        reasons.push(Reason::NotConnected {
+            entry: m.entry.to_string(),
+            hint: not_connected_hint(&m.entry, obs, &unlisted),
+        });
+    }
     if policy.unlisted == Unlisted::Hold {
         for &w in &unlisted {
-            reasons.push(format!(
-                "unlisted replica {} is connected: add it to the replicas list (or set unlisted = \"ignore\")",
-                obs.walsenders[w].describe()
-            ));
-            blame.push(format!("unlisted:{}", obs.walsenders[w].pid));
+            reasons.push(Reason::Unlisted {
+                pid: obs.walsenders[w].pid,
+                walsender: obs.walsenders[w].describe(),
+            });
         }
+    }
+
+    // Rule 6, first half: without pg_monitor the rows hide addresses and positions.
+    let hidden: Vec<i32> = obs
+        .walsenders
+        .iter()
+        .filter(|ws| !ws.visible())
+        .map(|ws| ws.pid)
+        .collect();
+    if !hidden.is_empty() {
+        reasons.push(Reason::Hidden {
+            pids: hidden,
+            role: obs
+                .role
+                .clone()
+                .unwrap_or_else(|| "walguard connects as".to_string()),
+        });
     }
 
     // Rules 6 and 7: every matched replica has reported a position, and the slowest is past.
@@ -372,14 +565,11 @@ pub fn decide(
             continue;
         };
         match policy.position.reported(obs.origin, ws) {
-            None if ws.state.is_some() => {
-                reasons.push(format!(
-                    "replica {} has not reported a {noun} position yet",
-                    m.entry
-                ));
-                blame.push(m.entry.to_string());
-            }
-            None => {} // already explained by the pg_monitor reason
+            None => reasons.push(Reason::NoPosition {
+                entry: m.entry.to_string(),
+                noun,
+                hidden: !ws.visible(),
+            }),
             Some(lsn) if slowest.as_ref().is_none_or(|s| lsn < s.lsn) => {
                 slowest = Some(Slowest {
                     entry: m.entry.to_string(),
@@ -392,16 +582,25 @@ pub fn decide(
     if let (Some(s), Some(need)) = (&slowest, need)
         && s.lsn < need
     {
-        let verb = match noun {
-            "replay" => "replayed",
-            "flush" => "flushed",
-            other => other,
-        };
-        reasons.push(format!(
-            "replica {} has {verb} only up to {}, needs {need}",
-            s.entry, s.lsn
+        reasons.push(Reason::Behind {
+            entry: s.entry.clone(),
+            noun,
+            at: s.lsn,
+            need,
+        });
+    }
+
+    let sharing = matches
+        .iter()
+        .filter_map(|m| m.walsender.map(|w| &obs.walsenders[w]))
+        .filter(|ws| ws.application_name == DEFAULT_APPLICATION_NAME)
+        .count();
+    let mut warnings = Vec::new();
+    if sharing > 1 {
+        warnings.push(format!(
+            "{sharing} listed replicas share the default application_name {DEFAULT_APPLICATION_NAME} (pg_basebackup -R leaves it): \
+             set application_name=NAME in each replica's primary_conninfo and list them as app:NAME, so the list can tell them apart"
         ));
-        blame.push(s.entry.clone());
     }
 
     // Rule 8: a held segment goes anyway when keeping it would endanger the primary.
@@ -410,16 +609,23 @@ pub fn decide(
     } else {
         check_valves(&policy.valves, pressure, retained(obs, wal))
     };
-    blame.dedup();
+    let mut blame: Vec<String> = Vec::new();
+    for culprit in reasons.iter().filter_map(Reason::culprit) {
+        if !blame.contains(&culprit) {
+            blame.push(culprit);
+        }
+    }
     Verdict {
         archive: reasons.is_empty() || valve.is_some(),
         reasons,
+        exempt: None,
         blame,
         valve,
         matches,
         unlisted,
         slowest,
         need,
+        warnings,
     }
 }
 
@@ -455,6 +661,10 @@ mod tests {
             origin: Origin::Sql,
             segment_size: SegmentSize::new(MIB16).unwrap(),
             current_lsn: Some(Lsn(0x900_0000)),
+            timeline: Some(1),
+            in_recovery: false,
+            role: Some("walguard_role".into()),
+            system_identifier: None,
             walsenders,
             archiver: None,
         }
@@ -616,7 +826,8 @@ mod tests {
             let v = decide_list(list, &o, policy);
             assert_eq!(v.archive, archive, "{name}: {:?}", v.reasons);
             assert!(
-                v.reasons.iter().any(|r| r.contains(reason)) || (archive && v.reasons.is_empty()),
+                v.reasons.iter().any(|r| r.to_string().contains(reason))
+                    || (archive && v.reasons.is_empty()),
                 "{name}: {:?}",
                 v.reasons
             );
@@ -684,17 +895,25 @@ mod tests {
     }
 
     #[test]
-    fn missing_privilege_is_explained() {
+    fn missing_privilege_names_the_connecting_role_and_the_replica() {
         let mut hidden = ws(7, "r1", None, None);
         hidden.state = None;
         let v = decide_list("app:r1", &obs(vec![hidden]), Policy::default());
         assert!(!v.archive);
-        assert_eq!(v.reasons.len(), 1, "{:?}", v.reasons);
+        let text: Vec<String> = v.reasons.iter().map(Reason::to_string).collect();
         assert!(
-            v.reasons[0].contains("GRANT pg_monitor TO replicator"),
-            "{:?}",
-            v.reasons
+            text[0].contains(
+                "the role walguard_role lacks pg_monitor (GRANT pg_monitor TO walguard_role)"
+            ),
+            "{text:?}"
         );
+        assert!(!text.iter().any(|r| r.contains("replicator")), "{text:?}");
+        assert_eq!(
+            v.blame,
+            vec!["app:r1".to_string()],
+            "never an empty culprit"
+        );
+        assert_eq!(v.culprits(5), "app:r1");
     }
 
     #[test]
@@ -742,7 +961,9 @@ mod tests {
         );
         assert!(!v.archive);
         assert!(
-            v.reasons[0].contains("does not exist with wal_segment_size"),
+            v.reasons[0]
+                .to_string()
+                .contains("does not exist with wal_segment_size"),
             "{:?}",
             v.reasons
         );
@@ -921,9 +1142,131 @@ mod tests {
         behind.walsenders[0].sent = Some(Lsn(0x3FF_FFFF));
         let v = decide_list("10.0.0.5", &behind, Policy::default());
         assert!(
-            v.reasons[0].contains("has sent only up to 0/3FFFFFF"),
+            v.reasons[0]
+                .to_string()
+                .contains("has sent only up to 0/3FFFFFF"),
             "{:?}",
             v.reasons
+        );
+    }
+
+    #[test]
+    fn a_standby_asked_holds_and_says_so() {
+        let mut o = obs(vec![ws(1, "r1", None, Some(0))]);
+        o.in_recovery = true;
+        o.current_lsn = None;
+        let v = decide_list("app:r1", &o, Policy::default());
+        assert!(!v.archive);
+        assert_eq!(v.reasons, vec![Reason::InRecovery]);
+        assert!(
+            v.reasons[0]
+                .to_string()
+                .contains("walguard must ask the primary")
+        );
+        assert!(v.culprits(3).contains("standby"), "never an empty culprit");
+    }
+
+    #[test]
+    fn an_unresolvable_name_is_a_missing_replica_and_valves_still_apply() {
+        let end = 0x400_0000;
+        let mut list = parse("app:r1\ngone.example", "l").unwrap();
+        list[1].selector = Selector::Host {
+            name: "gone.example".into(),
+            lookup: Lookup::Failed("failed to lookup address information".into()),
+        };
+        let o = obs(vec![ws(1, "r1", None, Some(end))]);
+        let p = Policy::default();
+        let v = decide(&seg3(), Some(&o), &Pressure::default(), &list, &p);
+        assert!(!v.archive);
+        assert_eq!(v.blame, vec!["gone.example".to_string()]);
+        let text = v.reasons[0].to_string();
+        assert!(
+            text.starts_with("replica gone.example not connected: host name \"gone.example\" does not resolve (failed to lookup"),
+            "{text}"
+        );
+        let full = Pressure {
+            pg_wal_space: Some(Space {
+                available: 1,
+                total: 1000,
+            }),
+            ..Pressure::default()
+        };
+        let v = decide(&seg3(), Some(&o), &full, &list, &p);
+        assert!(v.archive && v.valve.is_some());
+    }
+
+    #[test]
+    fn a_socket_replica_listed_by_address_gets_the_app_hint() {
+        let end = 0x400_0000;
+        let v = decide_list(
+            "127.0.0.1",
+            &obs(vec![ws(1, "r1", None, Some(end))]),
+            Policy::default(),
+        );
+        assert!(!v.archive);
+        let text = v.reasons[0].to_string();
+        assert!(
+            text.contains("connected over the Unix socket (pid 1 app r1 from local socket)")
+                && text.contains("list it as app:r1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_default_application_names_warn() {
+        let end = 0x400_0000;
+        let o = obs(vec![
+            ws(1, "walreceiver", Some("10.0.0.1"), Some(end)),
+            ws(2, "walreceiver", Some("10.0.0.2"), Some(end)),
+        ]);
+        let v = decide_list("10.0.0.1\n10.0.0.2", &o, Policy::default());
+        assert!(v.archive);
+        assert_eq!(v.warnings.len(), 1);
+        assert!(v.warnings[0].contains("share the default application_name walreceiver"));
+        let one = decide_list(
+            "10.0.0.1",
+            &obs(vec![ws(1, "walreceiver", Some("10.0.0.1"), Some(end))]),
+            Policy::default(),
+        );
+        assert!(one.warnings.is_empty());
+    }
+
+    #[test]
+    fn lasting_reasons_leave_out_positions() {
+        let end = 0x400_0000;
+        let o = obs(vec![ws(1, "r1", None, Some(end - 1))]);
+        let behind = decide_list("app:r1", &o, Policy::default());
+        assert!(!behind.archive && behind.lasting_reasons().is_empty());
+        let missing = decide_list("app:r1\napp:r2", &o, Policy::default());
+        assert_eq!(missing.lasting_reasons().len(), 1);
+    }
+
+    #[test]
+    fn bounded_lists() {
+        let names: Vec<String> = (0..1000).map(|i| format!("app:r{i}")).collect();
+        assert_eq!(join_bounded(&names[..2], 3, ", "), "app:r0, app:r1");
+        assert_eq!(
+            join_bounded(&names, 3, ", "),
+            "app:r0, app:r1, app:r2, and 997 more"
+        );
+        assert_eq!(join_bounded::<String>(&[], 3, ", "), "");
+    }
+
+    #[test]
+    fn valves_without_a_server_read_only_local_facts() {
+        let valves = Valves {
+            max_retained: Some(1),
+            max_hold: Some(Duration::from_secs(60)),
+            ..Valves::default()
+        };
+        assert_eq!(undecided_valve(&valves, &Pressure::default()), None);
+        let old = Pressure {
+            segment_age: Some(Duration::from_secs(61)),
+            ..Pressure::default()
+        };
+        assert_eq!(
+            undecided_valve(&valves, &old).map(|t| t.valve),
+            Some("max_hold")
         );
     }
 

@@ -22,14 +22,79 @@ impl Event {
     }
 }
 
-/// Which event `verdict` is. `failed_before` says whether the previous attempt at this
-/// file failed (PostgreSQL's `last_failed_wal` names it), `None` when unknown: then
-/// every hold counts as a first one.
-pub fn of(verdict: &Verdict, failed_before: Option<bool>) -> Option<Event> {
-    match (verdict, failed_before) {
-        (v, _) if v.valve.is_some() => Some(Event::Valve),
-        (v, Some(true)) if v.archive => Some(Event::Released),
-        (v, Some(false) | None) if !v.archive => Some(Event::Held),
-        _ => None,
+/// What walguard last decided about the same file, when it knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Previous {
+    /// The last attempt held it.
+    Held,
+    /// The last attempt did anything else (an error, say), or there was none.
+    Other,
+}
+
+/// Which event `verdict` is, given the previous outcome for the same file. Unknown
+/// (`None`) counts as no earlier hold: every hold is then a first one, and nothing is a
+/// release, so a `released` event never follows an error or nothing at all.
+pub fn of(verdict: &Verdict, previous: Option<Previous>) -> Option<Event> {
+    let held_before = previous == Some(Previous::Held);
+    if verdict.valve.is_some() {
+        Some(Event::Valve)
+    } else if verdict.archive {
+        held_before.then_some(Event::Released)
+    } else {
+        (!held_before).then_some(Event::Held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Tripped;
+
+    #[test]
+    fn events_follow_the_previous_outcome() {
+        let archived = Verdict {
+            archive: true,
+            ..hold()
+        };
+        let valve = Verdict {
+            archive: true,
+            valve: Some(Tripped {
+                valve: "max_hold",
+                detail: String::new(),
+            }),
+            ..hold()
+        };
+        let cases = [
+            (hold(), None, Some(Event::Held)),
+            (hold(), Some(Previous::Other), Some(Event::Held)),
+            (hold(), Some(Previous::Held), None),
+            (
+                archived.clone(),
+                Some(Previous::Held),
+                Some(Event::Released),
+            ),
+            (archived.clone(), Some(Previous::Other), None),
+            (archived, None, None),
+            (valve.clone(), Some(Previous::Held), Some(Event::Valve)),
+            (valve, None, Some(Event::Valve)),
+        ];
+        for (verdict, previous, want) in cases {
+            assert_eq!(
+                of(&verdict, previous),
+                want,
+                "{previous:?} {}",
+                verdict.archive
+            );
+        }
+    }
+
+    fn hold() -> Verdict {
+        crate::decision::decide(
+            &"000000010000000000000003".parse().unwrap(),
+            None,
+            &Default::default(),
+            &[],
+            &Default::default(),
+        )
     }
 }

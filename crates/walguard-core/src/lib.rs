@@ -11,6 +11,7 @@
 
 pub mod decision;
 pub mod event;
+pub mod header;
 pub mod list;
 pub mod logfmt;
 pub mod observation;

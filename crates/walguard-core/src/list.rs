@@ -12,14 +12,23 @@ use thiserror::Error;
 pub enum Selector {
     /// Matches `pg_stat_replication.client_addr`.
     Addr(IpAddr),
-    /// With `resolve = true`, matches any of `addrs`; with `resolve = false` (`addrs` is
-    /// `None`), matches `client_hostname` (which the server fills only with `log_hostname`).
-    Host {
-        name: String,
-        addrs: Option<Vec<IpAddr>>,
-    },
+    /// With `resolve = true`, matches any address the name resolved to; with
+    /// `resolve = false`, matches `client_hostname` (which the server fills only with
+    /// `log_hostname`).
+    Host { name: String, lookup: Lookup },
     /// Matches `application_name`.
     App(String),
+}
+
+/// What resolving a host name found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not resolved (`resolve = false`): the name is compared with `client_hostname`.
+    NotAsked,
+    Found(Vec<IpAddr>),
+    /// The resolver's error: the replica counts as not connected (it holds, and the
+    /// valves still apply), never as a broken list.
+    Failed(String),
 }
 
 /// One line of the list.
@@ -97,7 +106,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, ListError> {
         {
             Selector::Host {
                 name: content.to_ascii_lowercase(),
-                addrs: None,
+                lookup: Lookup::NotAsked,
             }
         } else {
             return Err(fail(format!(
@@ -130,7 +139,7 @@ mod tests {
                     7,
                     Selector::Host {
                         name: "replica-b.internal".into(),
-                        addrs: None
+                        lookup: Lookup::NotAsked
                     }
                 ),
                 (8, Selector::App("standby3".into())),

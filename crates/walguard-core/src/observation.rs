@@ -34,11 +34,18 @@ impl Walsender {
             && self.application_name != "pg_basebackup"
     }
 
+    /// False when the querying role lacks `pg_monitor`: the server then hides the state,
+    /// the positions and the client address.
+    pub fn visible(&self) -> bool {
+        self.state.is_some()
+    }
+
     /// How a person recognises this walsender: `pid 812 app r1 from 10.0.0.12`.
     pub fn describe(&self) -> String {
         let from = match (&self.client_addr, &self.client_hostname) {
             (Some(addr), _) => addr.to_string(),
             (None, Some(host)) => host.clone(),
+            (None, None) if !self.visible() => "(address hidden: no pg_monitor)".to_string(),
             (None, None) => "local socket".to_string(),
         };
         let app = if self.application_name.is_empty() {
@@ -86,6 +93,14 @@ pub struct Observation {
     pub segment_size: SegmentSize,
     /// The primary's current write position (NULL on a standby; unknown from ps).
     pub current_lsn: Option<Lsn>,
+    /// The timeline being written (NULL on a standby; unknown from ps).
+    pub timeline: Option<u32>,
+    /// The server is a standby: its walsenders are cascaded replicas, not the primary's.
+    pub in_recovery: bool,
+    /// The role walguard is connected as (`current_user`), for the pg_monitor hint.
+    pub role: Option<String>,
+    /// The cluster's system identifier, as the server reports it.
+    pub system_identifier: Option<u64>,
     pub walsenders: Vec<Walsender>,
     /// Unknown from ps.
     pub archiver: Option<Archiver>,

@@ -1,0 +1,81 @@
+//! Facts about this process and host that several adapters need: who we run as, user
+//! names for messages, the host name for temporary file names, whether a pid is alive.
+
+use std::ffi::CStr;
+
+use rustix::process::{Pid, Uid, geteuid, test_kill_process};
+
+pub fn euid() -> u32 {
+    geteuid().as_raw()
+}
+
+pub fn is_root() -> bool {
+    geteuid().is_root()
+}
+
+/// The login name of `uid`, if the user database knows it.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf` (whose length it is told), and
+    // sets `found` to `pwd` or NULL; it is the reentrant form, safe from any thread.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            Uid::from_raw(uid).as_raw(),
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded and `found` points at `pwd`, whose pw_name points into `buf`.
+    let name = unsafe { CStr::from_ptr((*found).pw_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
+/// `name (uid N)`, or `uid N` for a user the database does not know.
+pub fn describe_user(uid: u32) -> String {
+    match user_name(uid) {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// The host name, reduced to `[A-Za-z0-9_-]` (at most 64 characters): safe inside a file
+/// name, and enough to tell the hosts that share an archive over NFS apart.
+pub fn host_tag() -> String {
+    let uname = rustix::system::uname();
+    let tag: String = uname
+        .nodename()
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if tag.is_empty() {
+        "host".to_string()
+    } else {
+        tag
+    }
+}
+
+/// True when a process `pid` exists (also when it belongs to another user).
+pub fn process_alive(pid: i32) -> bool {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return false;
+    };
+    match test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}
