@@ -265,3 +265,255 @@ fn help_and_version() {
     let out = Command::new(WALGUARD).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A listener that accepts connections and never answers: a hung database.
+fn hung_database() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+#[test]
+fn the_timeout_is_hard_with_a_hung_database_and_a_closed_stderr() {
+    let s = Sandbox::new();
+    let port = hung_database();
+    // stderr is a pipe whose reader is gone: every write to it fails with EPIPE.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills both descriptors; each is owned by exactly one OwnedFd below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    // No world-readable password warning: the first write to stderr is the watchdog's.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        s.path().join("walguard.toml"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut child = Command::new(WALGUARD)
+        .args(["--timeout", "2s", "--conninfo"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=x connect_timeout=60"
+        ))
+        .args(["archive", &format!("pg_wal/{SEG}"), SEG])
+        .current_dir(s.path())
+        .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("walguard did not exit 30 s after a 2 s timeout");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    assert!(
+        s.log()
+            .contains("decision=error reason=\"timed out after 2s; nothing was archived\""),
+        "{}",
+        s.log()
+    );
+    assert!(s.archived().is_empty());
+}
+
+#[test]
+fn a_symlinked_temp_area_is_refused_and_its_target_untouched() {
+    let s = Sandbox::new();
+    let victim = s.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    for name in [SEG, "README"] {
+        fs::write(victim.join(name), "keep me").unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, s.path().join("archive/.walguard-tmp")).unwrap();
+    let out = s.run(&["archive", "pg_wal/00000002.history", "00000002.history"]);
+    assert_refused(&s, &out, ".walguard-tmp is not a real directory");
+    for name in [SEG, "README"] {
+        assert_eq!(
+            fs::read_to_string(victim.join(name)).unwrap(),
+            "keep me",
+            "{name} was touched"
+        );
+    }
+    // A real temp area: a file walguard never creates stays, whatever its name.
+    fs::remove_file(s.path().join("archive/.walguard-tmp")).unwrap();
+    let out = s.run(&["archive", "pg_wal/00000002.history", "00000002.history"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let tmp = s.path().join("archive/.walguard-tmp");
+    fs::write(tmp.join(SEG), "not ours").unwrap();
+    fs::write(
+        tmp.join(format!("{SEG}.1")),
+        "the old pattern: not ours either",
+    )
+    .unwrap();
+    fs::remove_file(s.path().join("archive/00000002.history")).unwrap();
+    let out = s.run(&["archive", "pg_wal/00000002.history", "00000002.history"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(tmp.join(SEG).exists() && tmp.join(format!("{SEG}.1")).exists());
+}
+
+#[test]
+fn a_password_in_a_uri_gets_the_warning() {
+    let s = Sandbox::new();
+    let config = s.path().join("walguard.toml");
+    fs::write(
+        &config,
+        format!(
+            "archive_dir = \"{0}/archive\"\nreplicas = \"{0}/slaves.list\"\nconninfo = \"postgresql://mon:s3cret@127.0.0.1:1/db\"\n",
+            s.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = s.run(&["check", "00000002.history"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds a password and every user can read it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("s3cret"));
+}
+
+#[test]
+fn a_segment_of_no_segment_size_is_called_truncated() {
+    let s = Sandbox::new();
+    fs::write(s.path().join("pg_wal").join(SEG), vec![7u8; 3 << 20]).unwrap();
+    let out = s.run(&["archive", &format!("pg_wal/{SEG}"), SEG]);
+    assert_refused(&s, &out, "has 3145728 bytes, which is no WAL segment size");
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("conninfo"), "{}", stderr(&out));
+}
+
+#[test]
+fn min_free_still_protects_the_disk_when_the_database_is_unreachable() {
+    let s = Sandbox::new();
+    // port 1 refuses: walguard cannot decide. pg_wal's file system is "full" by min_free.
+    let out = s.run(&[
+        "--min-free",
+        "100%",
+        "archive",
+        &format!("pg_wal/{SEG}"),
+        SEG,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(s.path().join("archive").join(SEG)).unwrap().len(),
+        16 << 20
+    );
+    let line = s.log();
+    assert!(
+        line.contains("decision=valve valve=min_free")
+            && line.contains("walguard could not decide: cannot connect to the primary"),
+        "{line}"
+    );
+    assert!(!line.contains("s3cret"));
+    // Without the valve, the same failure keeps the segment in pg_wal (exit 2).
+    fs::remove_file(s.path().join("archive").join(SEG)).unwrap();
+    let out = s.run(&["--min-free", "0", "archive", &format!("pg_wal/{SEG}"), SEG]);
+    assert_refused(&s, &out, "cannot connect to the primary");
+}
+
+#[test]
+fn config_errors_keep_their_caret_and_paths_get_the_name_hint() {
+    let s = Sandbox::new();
+    fs::write(s.path().join("bad.toml"), "replicas = \"x\"\ntimeout = \n").unwrap();
+    let out = s.run(&[
+        "--config",
+        s.path().join("bad.toml").to_str().unwrap(),
+        "check",
+        SEG,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\n  |\n") && err.contains("^"),
+        "the caret has its own line: {err}"
+    );
+    let out = s.run(&["check", &format!("pg_wal/{SEG}")]);
+    assert_refused(
+        &s,
+        &out,
+        &format!("pass the file name only: walguard check {SEG}"),
+    );
+}
+
+#[test]
+fn each_subcommand_help_shows_the_settings_it_reads() {
+    let help = |sub: &str| {
+        let out = Command::new(WALGUARD)
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let log = help("log");
+    assert!(
+        log.contains("--log-file") && !log.contains("--archive-dir") && !log.contains("--min-free"),
+        "{log}"
+    );
+    let check = help("check");
+    assert!(
+        check.contains("--replicas")
+            && !check.contains("--archive-dir")
+            && !check.contains("--on-event"),
+        "{check}"
+    );
+    let archive = help("archive");
+    assert!(
+        archive.contains("--archive-dir") && archive.contains("--on-event"),
+        "{archive}"
+    );
+    // Hidden is not refused: one environment serves every command.
+    let out = Command::new(WALGUARD)
+        .args(["log", "--min-free", "5%", "/nonexistent.log"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("cannot read the decision log /nonexistent.log"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_manual_page_documents_settings_and_references_nothing_missing() {
+    let out = Command::new(WALGUARD).arg("man").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    for section in [
+        ".SH COMMANDS",
+        ".SH SETTINGS",
+        ".SH REPLICAS LIST",
+        ".SH EXIT STATUS",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+    ] {
+        assert!(page.contains(section), "no {section}");
+    }
+    assert!(page.contains("WALGUARD_MIN_FREE") && page.contains("min_free"));
+    assert!(
+        !page.contains("walguard\\-archive(1)") && !page.contains("walguard-archive(1)"),
+        "a reference to a page that does not exist"
+    );
+}

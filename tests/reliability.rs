@@ -492,3 +492,49 @@ fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_segment_truncated_during_the_copy_is_never_archived_short() -> Result<()> {
+    let (c, seg) = start()?;
+    let original = fs::read(c.primary.data.join(format!("pg_wal/{seg}")))?;
+    let spool = c.scratch_dir("trunc-spool")?;
+    let dest = c.scratch_dir("trunc-dest")?;
+    let src = spool.join(&seg);
+    let mut rng = Rng::new();
+    let (mut whole, mut refused) = (0, 0);
+    for round in 0..40 {
+        fs::write(&src, &original)?;
+        if round % 2 == 0 {
+            // The retry path: an older file is copied only after the verdict.
+            fs::File::options()
+                .write(true)
+                .open(&src)?
+                .set_modified(SystemTime::now() - Duration::from_secs(60))?;
+        }
+        let child = archive_cmd(&c, &dest, src.to_str().unwrap(), &seg).spawn()?;
+        std::thread::sleep(Duration::from_micros(rng.below(25_000)));
+        fs::File::options()
+            .write(true)
+            .open(&src)?
+            .set_len(8 << 20)?;
+        let out = child.wait_with_output()?;
+        let archived = dest.join(&seg);
+        match out.status.code() {
+            Some(0) => {
+                whole += 1;
+                assert!(
+                    fs::read(&archived)? == original,
+                    "exit 0 with a short or torn file under the final name (round {round})"
+                );
+            }
+            Some(2) => {
+                refused += 1;
+                assert!(!archived.exists(), "exit 2 but a file was committed");
+            }
+            other => panic!("exit {other:?}: {}", output_text(&out)),
+        }
+        let _ = fs::remove_file(&archived);
+    }
+    eprintln!("truncated mid-run: {whole} archived whole, {refused} refused");
+    Ok(())
+}

@@ -61,6 +61,11 @@ impl ArchiveDir {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(not_writable(&tmp_path, path, "cannot create", errno(e))),
         }
+        // Look before opening, for messages that say what is wrong; then check the
+        // opened directory itself, which no one can swap.
+        if let Ok(st) = statat(&fd, TMP_DIR, AtFlags::SYMLINK_NOFOLLOW) {
+            check_temp_area(path, &tmp_path, &st)?;
+        }
         let tmp = openat(
             &fd,
             TMP_DIR,
@@ -68,36 +73,11 @@ impl ArchiveDir {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => StoreError::TempArea {
-                path: tmp_path.clone(),
-                problem: "is not a real directory (a symlink or a file): walguard's temp area must be its own directory; remove it and retry".into(),
-            },
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => not_a_directory(&tmp_path),
             e => not_writable(&tmp_path, path, "cannot open", errno(e)),
         })?;
         let st = fstat(&tmp).map_err(|e| io_err("cannot stat the temp area of", errno(e)))?;
-        if st.st_uid != sys::euid() {
-            return Err(StoreError::TempArea {
-                path: tmp_path,
-                problem: format!(
-                    "belongs to {}, but walguard runs as {}: it was probably left by a run as another user; \
-                     run `chown -R {} {}` and run walguard as the server's user",
-                    sys::describe_user(st.st_uid),
-                    sys::describe_user(sys::euid()),
-                    sys::user_name(sys::euid()).unwrap_or_else(|| sys::euid().to_string()),
-                    path.display()
-                ),
-            });
-        }
-        if st.st_mode & 0o077 != 0 {
-            return Err(StoreError::TempArea {
-                path: tmp_path.clone(),
-                problem: format!(
-                    "is open to other users (mode {:o}): run `chmod 700 {}`",
-                    st.st_mode & 0o7777,
-                    tmp_path.display()
-                ),
-            });
-        }
+        check_temp_area(path, &tmp_path, &st)?;
         Ok(ArchiveDir {
             path: path.to_path_buf(),
             fd,
@@ -174,6 +154,48 @@ impl ArchiveDir {
             }
         }
     }
+}
+
+fn not_a_directory(tmp_path: &Path) -> StoreError {
+    StoreError::TempArea {
+        path: tmp_path.to_path_buf(),
+        problem: "is not a real directory (a symlink or a file): walguard's temp area must be its own directory; remove it and retry".into(),
+    }
+}
+
+/// The temp area must be a real directory of ours that no one else may enter.
+fn check_temp_area(
+    archive: &Path,
+    tmp_path: &Path,
+    st: &rustix::fs::Stat,
+) -> Result<(), StoreError> {
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return Err(not_a_directory(tmp_path));
+    }
+    if st.st_uid != sys::euid() {
+        return Err(StoreError::TempArea {
+            path: tmp_path.to_path_buf(),
+            problem: format!(
+                "belongs to {}, but walguard runs as {}: it was probably left by a run as another user; \
+                 run `chown -R {} {}` and run walguard as the server's user",
+                sys::describe_user(st.st_uid),
+                sys::describe_user(sys::euid()),
+                sys::user_name(sys::euid()).unwrap_or_else(|| sys::euid().to_string()),
+                archive.display()
+            ),
+        });
+    }
+    if st.st_mode & 0o077 != 0 {
+        return Err(StoreError::TempArea {
+            path: tmp_path.to_path_buf(),
+            problem: format!(
+                "is open to other users (mode {:o}): run `chmod 700 {}`",
+                st.st_mode & 0o7777,
+                tmp_path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `(host, pid)` of a name that walguard itself creates in its temp area
