@@ -259,6 +259,7 @@ fn root_is_refused_and_a_root_owned_temp_area_is_explained() -> Result<()> {
     fs::create_dir(&tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))?;
     let next = c.switch_wal()?;
+    c.wait_caught_up(&["r1"])?;
     let out = c.walguard(&["archive", &format!("pg_wal/{next}"), &next]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
