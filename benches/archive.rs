@@ -187,7 +187,8 @@ fn main() -> Result<()> {
     // PostgreSQL runs archive_command right after it finishes a segment, so the file is
     // made just-finished (mtime now, untimed) for walguard, as in production; retries of
     // older files take walguard's sequential path, measured by the backlog below.
-    let walguard_archive = |dest: &Path| {
+    // `extra` adds settings (the metrics file, say) to the same invocation.
+    let walguard_archive_with = |dest: &Path, extra: &[&str]| {
         fs::File::options()
             .write(true)
             .open(&src)?
@@ -197,8 +198,14 @@ fn main() -> Result<()> {
             Command::new(WALGUARD)
                 .args(["--config", &config, "--archive-dir"])
                 .arg(dest)
+                .args(extra)
                 .args(["archive", &wal, &seg]),
         )
+    };
+    let walguard_archive = |dest: &Path| walguard_archive_with(dest, &[]);
+    let walguard_archive_metrics = |dest: &Path| {
+        let file = dest.join("walguard.prom");
+        walguard_archive_with(dest, &["--metrics-file", file.to_str().unwrap_or_default()])
     };
     let cp_sync = |dest: &Path| {
         let d = dest.join(&seg);
@@ -235,6 +242,10 @@ fn main() -> Result<()> {
     let mut methods: Vec<Method> = vec![
         ("cp + sync (floor)", Box::new(cp_sync)),
         ("walguard archive", Box::new(walguard_archive)),
+        (
+            "walguard archive + metrics_file",
+            Box::new(walguard_archive_metrics),
+        ),
         ("test ! -f && cp (no fsync)", Box::new(test_cp)),
     ];
     if have_pgbackrest {

@@ -50,6 +50,14 @@ Example:
     Man,
 }
 
+/// How `status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Prometheus,
+}
+
 /// The commands that work on a cluster, and so need the settings.
 #[derive(Debug, Subcommand)]
 pub enum Guard {
@@ -82,13 +90,18 @@ Exit 0: it would be archived now. Exit 1: it would be held. Exit 2: error.")]
 Example:
   walguard --config /etc/walguard/walguard.toml status
   walguard --config /etc/walguard/walguard.toml status --json | jq .verdict
+  walguard --config /etc/walguard/walguard.toml status --format prometheus
 
-Run it where PostgreSQL's data directory is readable (set pgdata, or run it in the data
-directory) to see the waiting segments; run it as the postgres user.")]
+Exit 0: flowing. 1: held, or the segment being written will be. 2: archive_command is
+failing, or status could not ask. Works from any directory, on any host, as any role with
+pg_monitor (PostgreSQL 12+ lists the waiting files; 10 and 11 need the data directory).")]
     Status {
-        /// Print JSON (a stable schema) instead of tables
-        #[arg(long)]
+        /// Print JSON (a stable schema) instead of tables: the same as --format json
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// table, json, or prometheus (the text exposition format)
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Summarise the decision log: holds (how long, which replica), valve releases, errors
     #[command(after_help = "\

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod exit;
 pub mod hook;
 pub mod log;
+pub mod metrics;
 pub mod observe;
 pub mod out;
 pub mod render;

@@ -286,3 +286,97 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
     );
     Ok(())
 }
+
+/// `promtool check metrics` (Debian package prometheus) on an exposition; its complaints.
+fn promtool(text: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install the Debian package prometheus (.ci/run does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejected:\n{text}\n{}",
+        output_text(&out)
+    );
+    output_text(&out)
+}
+
+#[test]
+fn prometheus_metrics_from_status_and_from_every_archive_pass_promtool() -> Result<()> {
+    let c = start()?;
+    let metrics = c.base.join("walguard.prom");
+    c.write_config(&format!("metrics_file = \"{}\"\n", metrics.display()))?;
+    let seg = c.switch_wal()?;
+    c.wait_archived(&seg, ARCHIVE_WAIT)?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    let file = fs::read_to_string(&metrics)?;
+    let lint = promtool(&file);
+    assert!(lint.trim().is_empty(), "promtool lint: {lint}");
+    for want in [
+        "walguard_up 1\n",
+        "walguard_held 0\n",
+        "walguard_replica_connected{replica=\"app:r1\"} 1\n",
+        "walguard_replica_connected{replica=\"app:r2\"} 1\n",
+        "walguard_last_decision_timestamp_seconds{decision=\"archived\"} ",
+        "walguard_valve_tripped{valve=\"min_free\"} 0\n",
+    ] {
+        assert!(file.contains(want), "no {want:?} in\n{file}");
+    }
+    let status = c.walguard(&["status", "--format", "prometheus"]);
+    assert_eq!(status.status.code(), Some(0), "{}", output_text(&status));
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    promtool(&text);
+    assert!(
+        text.contains("walguard_held 0\n") && text.contains("walguard_waiting_segments 0\n"),
+        "{text}"
+    );
+
+    // r2 down: the next archive rewrites the file with the hold.
+    c.stop(c.replica("r2"))?;
+    let held = c.switch_wal()?;
+    c.wait_log_line(&format!("wal={held} decision=held"))?;
+    let file = fs::read_to_string(&metrics)?;
+    promtool(&file);
+    for want in [
+        "walguard_held 1\n",
+        "walguard_replica_connected{replica=\"app:r2\"} 0\n",
+        "walguard_waiting_segments 1\n",
+        "walguard_last_decision_timestamp_seconds{decision=\"held\"} ",
+        "walguard_last_decision_timestamp_seconds{decision=\"archived\"} ",
+    ] {
+        assert!(file.contains(want), "no {want:?} in\n{file}");
+    }
+    let status = c.walguard(&["status", "--format", "prometheus"]);
+    assert_eq!(status.status.code(), Some(1), "{}", output_text(&status));
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    promtool(&text);
+    assert!(
+        text.contains("walguard_held 1\n")
+            && text.contains("walguard_replica_connected{replica=\"app:r2\"} 0\n"),
+        "{text}"
+    );
+    // Unreachable: still an exposition, with walguard_up 0.
+    let down = c.walguard(&[
+        "--conninfo",
+        "host=127.0.0.1 port=1 user=postgres",
+        "status",
+        "--format",
+        "prometheus",
+    ]);
+    assert_eq!(down.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&down.stdout).into_owned();
+    promtool(&text);
+    assert!(text.contains("walguard_up 0\n"), "{text}");
+    Ok(())
+}

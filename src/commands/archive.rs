@@ -6,13 +6,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use walguard_core::decision::{Tripped, Verdict, undecided_valve};
 use walguard_core::event::Event;
-use walguard_core::wal::WalFile;
+use walguard_core::wal::{Lsn, SegmentId, WalFile};
 
 use super::gather::{self, Gathered, SHOWN, Undecided, verdict_fields};
 use super::invocation::Invocation;
+use super::views::{metric_replicas, replica_views};
 use crate::exit::{Exit, Hint, describe_error};
 use crate::hook::{self, Details};
 use crate::log::{self, Level};
+use crate::metrics;
 use crate::observe::local;
 use crate::out::say;
 use crate::settings::Settings;
@@ -89,10 +91,113 @@ fn undecided(
     Ok(Gathered {
         verdict,
         observation: None,
+        wal: Some(wal.clone()),
     })
 }
 
+/// The gauges that every rewrite of `metrics_file` carries: this decision's time added to
+/// the earlier ones (read back from the file), the rest unknown until filled in.
+fn base_snapshot(settings: &Settings, decision: &str) -> metrics::Snapshot {
+    let mut last_decisions = settings
+        .metrics_file
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|text| metrics::last_decisions(&text))
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    last_decisions.insert(decision.to_string(), now);
+    metrics::Snapshot {
+        up: false,
+        held: false,
+        failing: decision == "error",
+        waiting_segments: None,
+        waiting_bytes: None,
+        oldest_waiting_seconds: None,
+        replicas: Vec::new(),
+        last_decisions,
+        valves: Vec::new(),
+    }
+}
+
+/// The gauges after this decision, for `metrics_file`: what one invocation knows without
+/// listing `pg_wal` (the waiting segments are counted from positions: PostgreSQL hands
+/// over the oldest first, so every segment from this one to the one being written waits).
+fn snapshot(
+    settings: &Settings,
+    wal_path: &Path,
+    gathered: &Gathered,
+    decision: &str,
+    exit: Exit,
+) -> metrics::Snapshot {
+    let held = exit == Exit::Held;
+    let tripped = gathered.verdict.valve.as_ref().map(|t| t.valve);
+    let mut snap = metrics::Snapshot {
+        held,
+        valves: ["min_free", "max_retained", "max_hold"]
+            .into_iter()
+            .map(|v| (v, tripped == Some(v)))
+            .collect(),
+        ..base_snapshot(settings, decision)
+    };
+    let (Some(obs), Some(WalFile::Segment(id))) = (&gathered.observation, &gathered.wal) else {
+        return snap;
+    };
+    let size = obs.segment_size.bytes();
+    let Ok(start) = id.start(obs.segment_size) else {
+        return snap;
+    };
+    let unarchived = obs
+        .current_lsn
+        .map(|cur| cur.0.saturating_sub(start.0) / size);
+    let waiting = unarchived.map(|n| if held { n } else { n.saturating_sub(1) });
+    // The oldest waiting segment is this one when it stays, else the next one.
+    let oldest = if held {
+        Some(wal_path.to_path_buf())
+    } else {
+        let next = SegmentId::containing(id.timeline, Lsn(start.0 + size), obs.segment_size);
+        wal_path.parent().map(|dir| dir.join(next.to_string()))
+    };
+    snap.up = true;
+    snap.waiting_segments = waiting;
+    snap.waiting_bytes = waiting.map(|n| n * size);
+    snap.oldest_waiting_seconds = match waiting {
+        Some(0) => Some(0.0),
+        _ => oldest
+            .and_then(|p| std::fs::metadata(p).ok()?.modified().ok()?.elapsed().ok())
+            .map(|d| d.as_secs_f64()),
+    };
+    snap.replicas = metric_replicas(&replica_views(
+        &gathered.verdict,
+        obs,
+        &settings.policy,
+        None,
+    ));
+    snap
+}
+
+/// Rewrites `metrics_file`, if set; a failure is said on stderr and changes nothing else.
+fn write_metrics(settings: &Settings, snapshot: metrics::Snapshot) {
+    if let Some(path) = settings.metrics_file.as_deref()
+        && let Err(e) = metrics::write_file(path, &metrics::render(&snapshot))
+    {
+        say(&format!(
+            "walguard: cannot write the metrics file {}: {e}",
+            path.display()
+        ));
+    }
+}
+
 pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
+    let result = archive(run, settings, wal_path, wal);
+    if result.is_err() && settings.metrics_file.is_some() {
+        write_metrics(settings, base_snapshot(settings, "error"));
+    }
+    result
+}
+
+fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
     let archive_dir = settings
         .archive_dir
         .as_deref()
@@ -175,5 +280,11 @@ pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
         ));
     }
     run.write(level, decision, fields);
+    if settings.metrics_file.is_some() {
+        write_metrics(
+            settings,
+            snapshot(settings, wal_path, &gathered, decision, exit),
+        );
+    }
     Ok(exit)
 }

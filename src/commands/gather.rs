@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use thiserror::Error;
-use walguard_core::decision::{self, Verdict, join_bounded};
+use walguard_core::decision::{self, Reason, Verdict, join_bounded};
 use walguard_core::event::{self, Event, Previous};
 use walguard_core::list::Entry;
 use walguard_core::observation::{Observation, Pressure};
@@ -113,12 +113,22 @@ pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observ
     };
     let hint = "the segment stays in pg_wal; check conninfo (or PGHOST, PGPORT, PGUSER), \
                 that the server is up, and that pg_hba.conf lets walguard in";
+    // A server that is shutting down is no fault to hint at, and no reason to fall back.
+    let sql_hinted = || {
+        sql().or_else(|e| match not_accepting(&e) {
+            Some(_) => Err(e),
+            None => Err(e).hint(hint),
+        })
+    };
     match settings.source {
-        Source::Sql => sql().hint(hint),
+        Source::Sql => sql_hinted(),
         Source::Ps => {
             ps().hint("check pgdata: walguard reads its postmaster.pid to find the walsenders")
         }
         Source::Auto => sql().or_else(|sql_err| {
+            if not_accepting(&sql_err).is_some() {
+                return Err(sql_err);
+            }
             ps().map_err(|ps_err| {
                 anyhow!(
                     "{}; the process-title fallback failed too: {}",
@@ -130,10 +140,31 @@ pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observ
     }
 }
 
+/// What `status` asks the server beyond the observation; `None` from process titles or
+/// when the server cannot be asked again.
+pub fn extras(settings: &Settings, obs: &Observation) -> Option<sql::Extras> {
+    if obs.origin != walguard_core::observation::Origin::Sql {
+        return None;
+    }
+    let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv).ok()?;
+    sql::extras(&target, obs.server_version).ok()
+}
+
+/// The server's message when it refused the connection because it is shutting down or
+/// starting up.
+pub fn not_accepting(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<sql::ObserveError>()? {
+        sql::ObserveError::NotAccepting { message, .. } => Some(message.clone()),
+        _ => None,
+    }
+}
+
 /// Everything a decision about one file needs, gathered by the adapters.
 pub struct Gathered {
     pub verdict: Verdict,
     pub observation: Option<Observation>,
+    /// The file decided about (a segment, for the metrics).
+    pub wal: Option<WalFile>,
 }
 
 impl Gathered {
@@ -192,12 +223,23 @@ pub fn decide(
         return Ok(Gathered {
             verdict,
             observation: None,
+            wal: None,
         });
     }
     let meta = file.map(|(_, m)| m);
     let undecided = |e: anyhow::Error| anyhow::Error::new(Undecided(describe_error(&e)));
     let list = load_list(settings).map_err(undecided)?;
-    let obs = observe(settings, meta.map(|m| m.len())).map_err(undecided)?;
+    let obs = match observe(settings, meta.map(|m| m.len())) {
+        Ok(obs) => obs,
+        Err(e) => {
+            let message = not_accepting(&e).ok_or_else(|| undecided(e))?;
+            return Ok(Gathered {
+                verdict: Verdict::held(vec![Reason::NotAccepting(message)]),
+                observation: None,
+                wal: Some(wal.clone()),
+            });
+        }
+    };
     if let (Some(server), Some(local)) = (
         obs.system_identifier,
         local::system_identifier(&settings.pgdata),
@@ -224,6 +266,7 @@ pub fn decide(
     Ok(Gathered {
         verdict,
         observation: Some(obs),
+        wal: Some(wal.clone()),
     })
 }
 

@@ -17,7 +17,7 @@ use invocation::Invocation;
 
 use anyhow::{Result, bail};
 
-use crate::cli::{Cli, Command, Guard};
+use crate::cli::{Cli, Command, Format, Guard};
 use crate::exit::{Exit, describe_error};
 use crate::log::{DecisionLog, Level};
 use crate::observe::local;
@@ -91,9 +91,9 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             run.arm_watchdog(settings.timeout);
             gather::parse_name(wal_name, cmd).and_then(|wal| check::run(&settings, &wal))
         }
-        Guard::Status { json } => {
+        Guard::Status { json, format } => {
             run.arm_watchdog(settings.timeout);
-            status::run(&settings, *json)
+            status::run(&settings, if *json { Format::Json } else { *format })
         }
         Guard::Log { file, json } => {
             log::run(file.as_deref().or(settings.log_file.as_deref()), *json)

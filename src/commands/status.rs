@@ -13,48 +13,80 @@ use walguard_core::units::human_bytes;
 use walguard_core::wal::{Lsn, SegmentId, WalFile};
 
 use super::gather;
-use super::views::{ReplicaView, replica_table, replica_views};
+use super::views::{ReplicaView, metric_replicas, replica_table, replica_views};
+use crate::cli::Format;
 use crate::exit::{Exit, Hint};
+use crate::metrics;
 use crate::observe::local;
+use crate::observe::sql::Ready;
 use crate::out::show;
 use crate::render::table;
-use crate::settings::Settings;
+use crate::settings::{Settings, Source};
 
 /// How many reasons and table rows a screen shows before "and N more".
 const LISTED: usize = 20;
 
-/// A file waiting in `pg_wal/archive_status` (`.ready`).
+/// A file waiting to be archived (`.ready`).
 struct Waiting {
     name: String,
     bytes: u64,
     modified: Option<SystemTime>,
 }
 
-fn waiting(pgdata: &Path) -> Result<Vec<Waiting>> {
-    let pg_wal = pgdata.join("pg_wal");
-    let dir = pg_wal.join("archive_status");
-    let mut files: Vec<Waiting> = std::fs::read_dir(&dir)
+/// The `.ready` files in `pgdata`'s `pg_wal/archive_status`.
+fn listed_ready(pgdata: &Path) -> Result<Vec<Ready>> {
+    let dir = pgdata.join("pg_wal/archive_status");
+    let entries = std::fs::read_dir(&dir)
         .with_context(|| format!("cannot list {}", dir.display()))
-        .hint("set pgdata to the data directory, and run status as a user who can read it")?
+        .hint(
+            "run status where the server can be asked (PostgreSQL 12+ lists them with pg_ls_archive_statusdir, \
+             which needs pg_monitor), or set pgdata to the data directory and run it as a user who can read it",
+        )?;
+    Ok(entries
         .flatten()
         .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".ready")
-                .map(str::to_string)
-        })
-        .map(|name| {
-            let meta = std::fs::metadata(pg_wal.join(&name)).ok();
-            Waiting {
-                bytes: meta.as_ref().map_or(0, |m| m.len()),
-                modified: meta.and_then(|m| m.modified().ok()),
+            let name = e.file_name().to_str()?.strip_suffix(".ready")?.to_string();
+            Some(Ready {
+                modified: e.metadata().ok().and_then(|m| m.modified().ok()),
                 name,
+            })
+        })
+        .collect())
+}
+
+/// The waiting files, oldest first, and the data directory when it is readable here.
+/// They come from the server (`pg_ls_archive_statusdir()`, 12+), else from the server's
+/// data directory when this host can read it, else from `pgdata`.
+fn waiting(
+    settings: &Settings,
+    extras: Option<&crate::observe::sql::Extras>,
+    segment_size: u64,
+) -> Result<(Vec<Waiting>, std::path::PathBuf)> {
+    let local = extras
+        .and_then(|x| x.data_directory.clone())
+        .filter(|d| d.join("pg_wal").is_dir())
+        .unwrap_or_else(|| settings.pgdata.clone());
+    let ready = match extras.and_then(|x| x.waiting.clone()) {
+        Some(ready) => ready,
+        None => listed_ready(&local)?,
+    };
+    let mut files: Vec<Waiting> = ready
+        .into_iter()
+        .map(|r| {
+            let bytes = match r.name.parse::<WalFile>() {
+                Ok(WalFile::Segment(_)) => segment_size,
+                _ => std::fs::metadata(local.join("pg_wal").join(&r.name)).map_or(0, |m| m.len()),
+            };
+            Waiting {
+                bytes,
+                modified: r.modified,
+                name: r.name,
             }
         })
         .collect();
     // PostgreSQL archives oldest first; within a timeline, name order is WAL order.
     files.sort_by(|a, b| a.name[8.min(a.name.len())..].cmp(&b.name[8.min(b.name.len())..]));
-    Ok(files)
+    Ok((files, local))
 }
 
 #[derive(Serialize)]
@@ -111,6 +143,8 @@ struct WaitingView {
     segments: usize,
     bytes: u64,
     oldest: Option<String>,
+    /// How long the oldest waiting file has waited.
+    oldest_seconds: Option<f64>,
 }
 
 /// The `--json` schema (stable: fields are only ever added).
@@ -219,16 +253,28 @@ fn failing(settings: &Settings, archiver: Option<&Archiver>) -> Option<String> {
 
 fn build(settings: &Settings) -> Result<StatusView> {
     let list = gather::load_list(settings)?;
-    let waiting = waiting(&settings.pgdata)?;
+    // Process titles do not tell the segment size: a waiting segment's file does.
+    let segment_bytes = match settings.source {
+        Source::Sql => None,
+        _ => listed_ready(&settings.pgdata).ok().and_then(|ready| {
+            ready.iter().find_map(|r| {
+                std::fs::metadata(settings.pgdata.join("pg_wal").join(&r.name))
+                    .ok()
+                    .map(|m| m.len())
+            })
+        }),
+    };
+    let obs = gather::observe(settings, segment_bytes)?;
+    let extras = gather::extras(settings, &obs);
+    let (waiting, pgdata) = waiting(settings, extras.as_ref(), obs.segment_size.bytes())?;
     let oldest_segment = waiting
         .iter()
         .find_map(|w| match w.name.parse::<WalFile>() {
             Ok(file @ WalFile::Segment(_)) => Some((file, w)),
             _ => None,
         });
-    let obs = gather::observe(settings, oldest_segment.as_ref().map(|(_, w)| w.bytes))?;
     let pressure = local::pressure(
-        &settings.pgdata,
+        &pgdata,
         oldest_segment.as_ref().and_then(|(_, w)| w.modified),
     );
     // The segment being written: the next one PostgreSQL will hand over.
@@ -334,6 +380,10 @@ fn build(settings: &Settings) -> Result<StatusView> {
             segments,
             bytes,
             oldest: waiting.first().map(|w| w.name.clone()),
+            oldest_seconds: waiting
+                .first()
+                .and_then(|w| w.modified?.elapsed().ok())
+                .map(|d| d.as_secs_f64()),
         },
         pg_wal_space: pressure.pg_wal_space,
         valves: valve_views(&settings.policy, &pressure, retained),
@@ -414,12 +464,77 @@ fn render(v: &StatusView) -> String {
     out
 }
 
-pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
-    let view = build(settings)?;
-    if json {
-        show(&format!("{}\n", serde_json::to_string_pretty(&view)?))?;
-    } else {
-        show(&render(&view))?;
+/// The view as Prometheus gauges; `None` when status could not ask the server.
+fn metrics(view: Option<&StatusView>, settings: &Settings) -> metrics::Snapshot {
+    let last_decisions = settings
+        .log_file
+        .as_deref()
+        .map(crate::log::last_times)
+        .unwrap_or_default();
+    let Some(v) = view else {
+        return metrics::Snapshot {
+            up: false,
+            held: false,
+            failing: false,
+            waiting_segments: None,
+            waiting_bytes: None,
+            oldest_waiting_seconds: None,
+            replicas: Vec::new(),
+            last_decisions,
+            valves: Vec::new(),
+        };
+    };
+    metrics::Snapshot {
+        up: true,
+        held: matches!(v.verdict.state, State::Held | State::WillHold),
+        failing: v.verdict.state == State::Failing,
+        waiting_segments: Some(v.waiting.segments as u64),
+        waiting_bytes: Some(v.waiting.bytes),
+        oldest_waiting_seconds: Some(v.waiting.oldest_seconds.unwrap_or(0.0)),
+        replicas: metric_replicas(&v.replicas),
+        last_decisions,
+        valves: v
+            .valves
+            .iter()
+            .map(|valve| (valve.name, valve.tripped))
+            .collect(),
+    }
+}
+
+pub fn run(settings: &Settings, format: Format) -> Result<Exit> {
+    let view = match build(settings) {
+        Ok(view) => view,
+        Err(e) if format == Format::Prometheus && gather::not_accepting(&e).is_none() => {
+            // A scrape still gets walguard_up 0; the reason goes to stderr.
+            show(&metrics::render(&metrics(None, settings)))?;
+            return Err(e);
+        }
+        Err(e) => return not_accepting(e, format),
+    };
+    match format {
+        Format::Json => show(&format!("{}\n", serde_json::to_string_pretty(&view)?))?,
+        Format::Table => show(&render(&view))?,
+        Format::Prometheus => show(&metrics::render(&metrics(Some(&view), settings)))?,
     }
     Ok(view.verdict.state.exit())
+}
+
+/// Shutting down or starting up: archiving is held until it is up, not broken.
+fn not_accepting(e: anyhow::Error, format: Format) -> Result<Exit> {
+    let Some(message) = gather::not_accepting(&e) else {
+        return Err(e);
+    };
+    let reason = walguard_core::decision::Reason::NotAccepting(message).to_string();
+    let text = format!("held: {reason}");
+    match format {
+        Format::Json => {
+            let view = serde_json::json!({"verdict": {"state": State::Held, "text": text, "reasons": [reason]}});
+            show(&format!("{}\n", serde_json::to_string_pretty(&view)?))?;
+        }
+        Format::Table => show(&format!("verdict: {text}\n"))?,
+        Format::Prometheus => show(&format!(
+            "# {text}\n# TYPE walguard_up gauge\nwalguard_up 1\n# TYPE walguard_held gauge\nwalguard_held 1\n"
+        ))?,
+    }
+    Ok(Exit::Held)
 }

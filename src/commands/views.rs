@@ -146,3 +146,18 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool, max: usize) -> Strin
     }
     out
 }
+
+/// The replicas as Prometheus gauges, labelled by list entry (`unlisted:PID` otherwise).
+pub fn metric_replicas(views: &[ReplicaView]) -> Vec<crate::metrics::ReplicaMetric> {
+    views
+        .iter()
+        .map(|v| crate::metrics::ReplicaMetric {
+            name: v
+                .entry
+                .clone()
+                .unwrap_or_else(|| format!("unlisted:{}", v.pid.unwrap_or_default())),
+            connected: v.connected,
+            lag_bytes: v.lag_bytes,
+        })
+        .collect()
+}

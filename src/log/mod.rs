@@ -119,6 +119,23 @@ pub fn previous_outcome(path: &Path, wal: &str) -> Option<Previous> {
     })
 }
 
+/// When each decision was last made, in Unix seconds, from the end of the log.
+pub fn last_times(path: &Path) -> std::collections::BTreeMap<String, f64> {
+    let mut times = std::collections::BTreeMap::new();
+    for line in recent(path).unwrap_or_default() {
+        if times.contains_key(&line.decision) {
+            continue;
+        }
+        if let Some(t) = humantime::parse_rfc3339_weak(&line.ts)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        {
+            times.insert(line.decision, t.as_secs_f64());
+        }
+    }
+    times
+}
+
 /// The newest `archive` decision in the log, if any.
 pub fn last_decision(path: &Path) -> Option<Line> {
     recent(path)?.into_iter().next()

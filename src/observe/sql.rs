@@ -12,6 +12,11 @@ use super::conninfo::Target;
 
 #[derive(Debug, Error)]
 pub enum ObserveError {
+    /// The server is shutting down or starting up (SQLSTATE 57P03): PostgreSQL's
+    /// archiver tries once more during every clean shutdown, so this is a hold, not an
+    /// error.
+    #[error("the server ({target}) does not accept connections now: {message}")]
+    NotAccepting { target: String, message: String },
     #[error("cannot connect to the primary ({target}): {source}")]
     Connect {
         target: String,
@@ -42,7 +47,8 @@ SELECT current_setting('wal_segment_size'),
        a.last_failed_wal,
        to_char(a.last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
        a.failed_count, pg_is_in_recovery(), current_user, (pg_control_system()).system_identifier,
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+       current_setting('server_version_num')
 FROM pg_stat_get_archiver() a;
 SELECT pg_get_userbyid(a.usesysid), a.application_name, host(a.client_addr), a.client_hostname,
        a.datid IS NOT NULL, w.*
@@ -74,6 +80,7 @@ struct ServerRow {
     in_recovery: bool,
     role: Option<String>,
     system_identifier: Option<u64>,
+    server_version: Option<u32>,
 }
 
 fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, ObserveError> {
@@ -101,6 +108,7 @@ fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, Observe
         in_recovery: row.get(7) == Some("t"),
         role: text(8),
         system_identifier: row.get(9).and_then(|v| v.parse().ok()),
+        server_version: row.get(11).and_then(|v| v.parse().ok()),
     })
 }
 
@@ -129,17 +137,30 @@ fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Walsender, ObserveError> 
     })
 }
 
+/// One connection to the server.
+fn connect(target: &Target) -> Result<postgres::Client, ObserveError> {
+    let described = target.describe();
+    target
+        .config()
+        .connect(postgres::NoTls)
+        .map_err(|source| match source.as_db_error() {
+            Some(db) if *db.code() == postgres::error::SqlState::CANNOT_CONNECT_NOW => {
+                ObserveError::NotAccepting {
+                    target: described,
+                    message: db.message().to_string(),
+                }
+            }
+            _ => ObserveError::Connect {
+                target: described,
+                source,
+            },
+        })
+}
+
 /// Connects once, reads everything, disconnects.
 pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
     let described = target.describe();
-    let mut client =
-        target
-            .config()
-            .connect(postgres::NoTls)
-            .map_err(|source| ObserveError::Connect {
-                target: described.clone(),
-                source,
-            })?;
+    let mut client = connect(target)?;
     let messages = client
         .simple_query(QUERY)
         .map_err(|source| ObserveError::Query {
@@ -172,7 +193,71 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
         in_recovery: server.in_recovery,
         role: server.role,
         system_identifier: server.system_identifier,
+        server_version: server.server_version,
         walsenders,
         archiver: Some(server.archiver),
+    })
+}
+
+/// A file waiting to be archived (a `.ready` file), as the server or the file system lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ready {
+    pub name: String,
+    /// When it was marked ready: its segment was finished then.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// What `status` needs beyond the observation, from wherever it runs: the waiting files
+/// (`pg_ls_archive_statusdir()`, PostgreSQL 12+, needs `pg_monitor`) and the server's
+/// data directory (to read the rest locally when it is on this host). Each is `None`
+/// when the server cannot or may not say.
+pub struct Extras {
+    pub waiting: Option<Vec<Ready>>,
+    pub data_directory: Option<std::path::PathBuf>,
+}
+
+pub fn extras(target: &Target, server_version: Option<u32>) -> Result<Extras, ObserveError> {
+    let mut client = connect(target)?;
+    let rows =
+        |client: &mut postgres::Client, sql: &str| -> Option<Vec<postgres::SimpleQueryRow>> {
+            let messages = client.simple_query(sql).ok()?;
+            Some(
+                messages
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        postgres::SimpleQueryMessage::Row(r) => Some(r),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        };
+    let waiting = if server_version.is_some_and(|v| v >= 120_000) {
+        rows(
+            &mut client,
+            "SELECT left(name, -6), extract(epoch FROM modification) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
+        )
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let modified = r
+                        .get(1)
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .filter(|t| t.is_finite() && *t >= 0.0)
+                        .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t));
+                    Some(Ready {
+                        name: r.get(0)?.to_string(),
+                        modified,
+                    })
+                })
+                .collect()
+        })
+    } else {
+        None
+    };
+    let data_directory = rows(&mut client, "SELECT current_setting('data_directory')")
+        .and_then(|rows| rows.first()?.get(0).map(std::path::PathBuf::from));
+    Ok(Extras {
+        waiting,
+        data_directory,
     })
 }

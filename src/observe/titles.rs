@@ -19,7 +19,9 @@ pub struct Title {
     pub user: String,
     /// `None` for `[local]` (a Unix socket).
     pub addr: Option<IpAddr>,
-    pub activity: String,
+    /// As `pg_stat_replication.state` would say: `streaming`, `backup` (a base backup is
+    /// sending files: not a replica), or the activity's first word.
+    pub state: String,
     pub sent: Option<Lsn>,
 }
 
@@ -51,10 +53,15 @@ pub fn parse_title(title: &str) -> Option<Title> {
         ["streaming", lsn] => Some(lsn.parse().ok()?),
         _ => None,
     };
+    let state = match activity.as_slice() {
+        ["sending", "backup", ..] => "backup",
+        [first, ..] => first,
+        [] => "",
+    };
     Some(Title {
         user,
         addr,
-        activity: activity.join(" "),
+        state: state.to_string(),
         sent,
     })
 }
@@ -109,7 +116,7 @@ pub fn observe(pgdata: &Path, segment_size: SegmentSize) -> Result<Observation, 
                 pid: pid.as_u32() as i32,
                 user: Some(title.user),
                 client_addr: title.addr,
-                state: Some(title.activity),
+                state: Some(title.state),
                 sent: title.sent,
                 ..Walsender::default()
             })
@@ -124,6 +131,7 @@ pub fn observe(pgdata: &Path, segment_size: SegmentSize) -> Result<Observation, 
         in_recovery: false,
         role: None,
         system_identifier: None,
+        server_version: None,
         walsenders,
         archiver: None,
     })
@@ -139,7 +147,7 @@ mod tests {
         let lsn = |s: &str| Some(s.parse::<Lsn>().unwrap());
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         type Want = Option<(&'static str, Option<IpAddr>, Option<Lsn>)>;
-        let cases: [(&str, Want); 10] = [
+        let cases: [(&str, Want); 11] = [
             (
                 "postgres: walsender postgres 127.0.0.1(40312) streaming 0/3000148",
                 Some(("postgres", ip("127.0.0.1"), lsn("0/3000148"))),
@@ -168,6 +176,10 @@ mod tests {
                 "postgres: walsender repl appdb 10.0.0.1(5000) START_REPLICATION",
                 None,
             ), // logical
+            (
+                "postgres: walsender repl 10.0.0.1(5000) sending backup \"nightly\"",
+                Some(("repl", ip("10.0.0.1"), None)),
+            ),
             ("postgres: checkpointer", None),
             ("postgres: walsender", None),
             (
@@ -179,6 +191,16 @@ mod tests {
             let got = parse_title(title).map(|t| (t.user, t.addr, t.sent));
             assert_eq!(got, want.map(|(u, a, l)| (u.to_string(), a, l)), "{title}");
         }
+        let state = |t: &str| parse_title(t).unwrap().state;
+        assert_eq!(
+            state("postgres: walsender r 10.0.0.1(1) streaming 0/1"),
+            "streaming"
+        );
+        assert_eq!(
+            state("postgres: walsender r 10.0.0.1(1) sending backup \"x\""),
+            "backup"
+        );
+        assert_eq!(state("postgres: walsender r 10.0.0.1(1) idle"), "idle");
     }
 
     proptest! {

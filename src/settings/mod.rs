@@ -145,6 +145,15 @@ pub struct Layer {
     /// Where replica positions come from [default: sql]
     #[arg(long, global = true, env = "WALGUARD_SOURCE", value_enum)]
     pub source: Option<Source>,
+
+    /// Prometheus textfile that every `archive` rewrites (for node_exporter) [default: off]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_METRICS_FILE",
+        value_name = "FILE"
+    )]
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Layer {
@@ -166,6 +175,7 @@ impl Layer {
             max_hold: self.max_hold.or(lower.max_hold),
             on_event: self.on_event.or(lower.on_event),
             source: self.source.or(lower.source),
+            metrics_file: self.metrics_file.or(lower.metrics_file),
         }
     }
 }
@@ -183,6 +193,7 @@ pub struct Settings {
     pub pgdata: PathBuf,
     pub on_event: Option<String>,
     pub source: Source,
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -277,6 +288,7 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         pgdata: merged.pgdata.unwrap_or_else(|| PathBuf::from(".")),
         on_event: merged.on_event,
         source: merged.source.unwrap_or_default(),
+        metrics_file: merged.metrics_file,
     })
 }
 

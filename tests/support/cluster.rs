@@ -118,6 +118,8 @@ pub struct Options {
     pub segment_mib: u32,
     /// Extra lines for walguard.toml.
     pub extra_config: String,
+    /// PostgreSQL's server programs; `None` finds them (`find_bindir`).
+    pub bindir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -126,8 +128,21 @@ impl Default for Options {
             replicas: 2,
             segment_mib: 16,
             extra_config: String::new(),
+            bindir: None,
         }
     }
+}
+
+/// The major version of the server programs in `bindir` (`postgres --version`).
+pub fn major_version(bindir: &Path) -> Result<u32> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}/postgres --version", bindir.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
+        .with_context(|| format!("no version in {text:?}"))
 }
 
 pub struct Node {
@@ -139,6 +154,8 @@ pub struct Node {
 pub struct Cluster {
     pub base: PathBuf,
     pub bindir: PathBuf,
+    /// The server's major version (10 to 18).
+    pub major: u32,
     pub walguard: PathBuf,
     pub config: PathBuf,
     pub list: PathBuf,
@@ -150,14 +167,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// initdb, start the primary with walguard as archive_command, base-backup and start
-    /// the replicas (application_name r1, r2, ...), wait until all stream. The list names
-    /// every replica by application name.
+    /// initdb, start the primary with walguard as archive_command, make the replicas
+    /// (application_name r1, r2, ...) by a cold copy of the cleanly stopped primary (the
+    /// npm server packages have no pg_basebackup), start them all, wait until all stream.
+    /// The list names every replica by application name.
     pub fn start(walguard_exe: &Path, opts: Options) -> Result<Cluster> {
-        let bindir = find_bindir().context(
-            "PostgreSQL's server programs (initdb, pg_ctl) were not found: install the Debian package postgresql-15 \
-             (apt-get install postgresql-15) or set WALGUARD_PG_BINDIR",
-        )?;
+        let bindir = match opts.bindir.clone() {
+            Some(dir) => dir,
+            None => find_bindir().context(
+                "PostgreSQL's server programs (initdb, pg_ctl) were not found: install the Debian package postgresql-15 \
+                 (apt-get install postgresql-15) or set WALGUARD_PG_BINDIR",
+            )?,
+        };
+        let major = major_version(&bindir)?;
         let base = make_base_dir()?;
         let run_as = is_root().then_some("postgres");
         let walguard = base.join("walguard");
@@ -176,6 +198,7 @@ impl Cluster {
             replicas: Vec::new(),
             base,
             bindir,
+            major,
             walguard,
             run_as,
         };
@@ -187,19 +210,16 @@ impl Cluster {
         cluster.write_config(&opts.extra_config)?;
 
         let data = cluster.primary.data.clone();
-        cluster.pg(
-            "initdb",
-            &[
-                &"-D",
-                &data,
-                &"-A",
-                &"trust",
-                &"-U",
-                &"postgres",
-                &"-N",
-                &format!("--wal-segsize={}", opts.segment_mib),
-            ],
-        )?;
+        let segsize = format!("--wal-segsize={}", opts.segment_mib);
+        let mut initdb: Vec<&dyn AsRef<OsStr>> =
+            vec![&"-D", &data, &"-A", &"trust", &"-U", &"postgres", &"-N"];
+        // PostgreSQL 10 fixes the segment size at build time (16 MiB).
+        if major >= 11 {
+            initdb.push(&segsize);
+        } else if opts.segment_mib != 16 {
+            bail!("PostgreSQL {major} has no --wal-segsize: it only has 16 MiB segments");
+        }
+        cluster.pg("initdb", &initdb)?;
         let mut conf = cluster.server_conf(cluster.primary.port);
         let _ = write!(
             conf,
@@ -208,18 +228,32 @@ impl Cluster {
             cluster.config.display()
         );
         append(&data.join("postgresql.conf"), &conf)?;
+        if opts.replicas > 0 {
+            // A clean stop leaves a shutdown checkpoint the copies start from.
+            cluster.pg_ctl(&cluster.primary, "start")?;
+            cluster.pg_ctl(&cluster.primary, "stop")?;
+            for i in 1..=opts.replicas {
+                cluster.copy_replica(&format!("r{i}"))?;
+            }
+        }
         cluster.pg_ctl(&cluster.primary, "start")?;
-        for i in 1..=opts.replicas {
-            cluster.add_replica(&format!("r{i}"))?;
+        for node in &cluster.replicas {
+            cluster.pg_ctl(node, "start")?;
         }
         cluster.wait_streaming(opts.replicas)?;
         Ok(cluster)
     }
 
     fn server_conf(&self, port: u16) -> String {
+        // wal_keep_size replaced wal_keep_segments in 13.
+        let keep = if self.major >= 13 {
+            "wal_keep_size = 0"
+        } else {
+            "wal_keep_segments = 0"
+        };
         format!(
             "\n# walguard test harness\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             wal_level = replica\nmax_wal_senders = 40\nwal_keep_size = 0\nwal_receiver_status_interval = 1s\n\
+             wal_level = replica\nmax_wal_senders = 40\n{keep}\nwal_receiver_status_interval = 1s\n\
              wal_retrieve_retry_interval = 1s\ncheckpoint_timeout = 1h\nfsync = off\nshared_buffers = 16MB\n",
             self.base.display()
         )
@@ -285,43 +319,47 @@ impl Cluster {
         self.pg("pg_ctl", &args).map(drop)
     }
 
-    /// Base-backs up the primary into a new replica called `name` and starts it.
-    pub fn add_replica(&mut self, name: &str) -> Result<()> {
+    /// A new replica called `name`: a copy of the stopped primary's data directory,
+    /// configured as a standby streaming from it (over TCP, so that pg_stat_replication
+    /// shows client_addr 127.0.0.1). Not started.
+    fn copy_replica(&mut self, name: &str) -> Result<()> {
         let node = Node {
             name: name.to_string(),
             data: self.base.join(name),
             port: free_port()?,
         };
-        let port = self.primary.port.to_string();
-        self.pg(
-            "pg_basebackup",
-            &[
-                &"-D",
-                &node.data,
-                &"-h",
-                &self.base,
-                &"-p",
-                &port,
-                &"-U",
-                &"postgres",
-                &"-X",
-                &"stream",
-                &"-c",
-                &"fast",
-                &"-N",
-            ],
-        )?;
-        let mut conf = self.server_conf(node.port);
-        // TCP, so that pg_stat_replication shows client_addr 127.0.0.1.
-        let _ = writeln!(
-            conf,
-            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'",
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.primary.data)
+            .arg(&node.data)
+            .status()?;
+        if !status.success() {
+            bail!("copying the primary's data directory for {name} failed");
+        }
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres application_name={name}",
             self.primary.port
         );
-        append(&node.data.join("postgresql.conf"), &conf)?;
-        fs::write(node.data.join("standby.signal"), "")?;
+        append(
+            &node.data.join("postgresql.conf"),
+            &self.server_conf(node.port),
+        )?;
+        if self.major >= 12 {
+            append(
+                &node.data.join("postgresql.conf"),
+                &format!("primary_conninfo = '{conninfo}'\n"),
+            )?;
+            fs::write(node.data.join("standby.signal"), "")?;
+        } else {
+            // Before 12, recovery settings live in recovery.conf.
+            fs::write(
+                node.data.join("recovery.conf"),
+                format!(
+                    "standby_mode = 'on'\nprimary_conninfo = '{conninfo}'\nrecovery_target_timeline = 'latest'\n"
+                ),
+            )?;
+        }
         self.chown(&node.data)?;
-        self.pg_ctl(&node, "start")?;
         self.replicas.push(node);
         Ok(())
     }

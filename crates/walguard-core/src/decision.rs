@@ -199,6 +199,9 @@ pub enum Reason {
     Unobserved,
     /// The server asked is a standby: its walsenders are not the primary's replicas.
     InRecovery,
+    /// The server is shutting down or starting up (its message): PostgreSQL's archiver
+    /// tries once more during a clean shutdown, and the segment goes after the restart.
+    NotAccepting(String),
     /// Rule 5: a list line with no walsender; `hint` says what probably went wrong.
     NotConnected { entry: String, hint: Option<String> },
     /// Rule 5: a connected replica that no line names.
@@ -227,6 +230,10 @@ impl std::fmt::Display for Reason {
             Reason::Unobserved => f.write_str("the replicas could not be observed"),
             Reason::InRecovery => f.write_str(
                 "the server at conninfo is a standby (in recovery): walguard must ask the primary; point conninfo at the primary",
+            ),
+            Reason::NotAccepting(message) => write!(
+                f,
+                "the server does not accept connections now ({message}): the segment stays in pg_wal and is archived once it is up"
             ),
             Reason::NotConnected { entry, hint: None } => write!(f, "replica {entry} not connected"),
             Reason::NotConnected { entry, hint: Some(h) } => {
@@ -275,6 +282,7 @@ impl Reason {
             Reason::Impossible(_)
             | Reason::Unobserved
             | Reason::InRecovery
+            | Reason::NotAccepting(_)
             | Reason::Hidden { .. } => None,
         }
     }
@@ -327,6 +335,11 @@ impl Verdict {
             .filter(|m| m.walsender.is_some())
             .count();
         (connected, self.matches.len())
+    }
+
+    /// A hold for reasons found before any replica was looked at.
+    pub fn held(reasons: Vec<Reason>) -> Verdict {
+        Verdict::new(false, reasons)
     }
 
     fn new(archive: bool, reasons: Vec<Reason>) -> Verdict {
@@ -665,6 +678,7 @@ mod tests {
             in_recovery: false,
             role: Some("walguard_role".into()),
             system_identifier: None,
+            server_version: None,
             walsenders,
             archiver: None,
         }

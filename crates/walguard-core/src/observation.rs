@@ -101,6 +101,8 @@ pub struct Observation {
     pub role: Option<String>,
     /// The cluster's system identifier, as the server reports it.
     pub system_identifier: Option<u64>,
+    /// `server_version_num` (150004 for 15.4).
+    pub server_version: Option<u32>,
     pub walsenders: Vec<Walsender>,
     /// Unknown from ps.
     pub archiver: Option<Archiver>,
