@@ -203,6 +203,8 @@ fn main() -> Result<()> {
         )
     };
     let walguard_archive = |dest: &Path| walguard_archive_with(dest, &[]);
+    let walguard_archive_no_header =
+        |dest: &Path| walguard_archive_with(dest, &["--header-check", "false"]);
     let walguard_archive_metrics = |dest: &Path| {
         let file = dest.join("walguard.prom");
         walguard_archive_with(dest, &["--metrics-file", file.to_str().unwrap_or_default()])
@@ -246,11 +248,36 @@ fn main() -> Result<()> {
             "walguard archive + metrics_file",
             Box::new(walguard_archive_metrics),
         ),
+        (
+            "walguard archive, header_check = false",
+            Box::new(walguard_archive_no_header),
+        ),
         ("test ! -f && cp (no fsync)", Box::new(test_cp)),
     ];
+    // The gate in front of pgBackRest: walguard deciding, then running the same push.
+    let gated = |dest: &Path| -> Result<Duration> {
+        let conf = pgbackrest_stanza(&c, dest)?;
+        let via = format!(
+            "pgbackrest --config={} --stanza=bench --compress-type=none archive-push %p",
+            conf.display()
+        );
+        run(
+            &data,
+            Command::new(WALGUARD).args([
+                "--config",
+                &config,
+                "--archive-via",
+                &via,
+                "archive",
+                &wal,
+                &seg,
+            ]),
+        )
+    };
     if have_pgbackrest {
         methods.push(("pgbackrest archive-push, none", Box::new(pgbr("none"))));
         methods.push(("pgbackrest archive-push, lz4", Box::new(pgbr("lz4"))));
+        methods.push(("walguard archive_via pgbackrest, none", Box::new(gated)));
     }
     eprintln!("bench: archive copy, {rounds} interleaved rounds");
     let copy = interleave(rounds, &scratch, &methods)?;
@@ -259,6 +286,26 @@ fn main() -> Result<()> {
         "cp + sync (floor)",
         &copy,
         &mut report,
+    );
+
+    // 1b. The header check itself, in process: open, read the first page, check.
+    let expected = walguard_core::header::Expected {
+        segment: match seg.parse::<walguard_core::wal::WalFile>()? {
+            walguard_core::wal::WalFile::Segment(id) => id,
+            other => bail!("{other} is not a segment"),
+        },
+        size: walguard_core::wal::SegmentSize::new(16 << 20)?,
+        sysid: walguard::observe::local::system_identifier(&data),
+    };
+    let checks = 20_000;
+    let started = Instant::now();
+    for _ in 0..checks {
+        walguard::store::header::check_file(&src, &expected)?;
+    }
+    let header_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(checks);
+    let _ = writeln!(
+        report,
+        "\nThe header check itself (open, read 40 bytes, check; {checks} in a row, page cache warm): {header_us:.1} µs each.\n"
     );
 
     // 2. The decision alone vs a one-shot psql query of pg_stat_replication.

@@ -29,6 +29,8 @@ use exit::Exit;
 /// commit phase (link, directory fsync) the signal waits for it to finish, so that exit 2
 /// keeps meaning "nothing was archived".
 extern "C" fn on_signal(_: libc::c_int) {
+    // A hand-off or hook must not outlive us.
+    hook::kill_running();
     match store::commit::stop() {
         // SAFETY: _exit is async-signal-safe.
         store::commit::Phase::NotStarted => unsafe { libc::_exit(Exit::Error as i32) },

@@ -15,3 +15,8 @@ pub fn show(text: &str) -> std::io::Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()
 }
+
+/// Bytes from a command walguard runs, passed on to its own stderr (PostgreSQL's log).
+pub fn pass_on(bytes: &[u8]) {
+    let _ = std::io::stderr().write_all(bytes);
+}

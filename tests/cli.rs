@@ -8,6 +8,18 @@ use std::process::{Command, Output};
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 const SEG: &str = "000000010000000000000003";
 
+/// 16 MiB whose first page says what segment `seg` of timeline 1 must say (PostgreSQL
+/// 15's magic, no system identifier to compare: the sandbox has no pg_control).
+fn segment_bytes(seg: u64) -> Vec<u8> {
+    let mut b = vec![7u8; 16 << 20];
+    b[0..2].copy_from_slice(&0xD110u16.to_ne_bytes());
+    b[2..4].copy_from_slice(&2u16.to_ne_bytes());
+    b[4..8].copy_from_slice(&1u32.to_ne_bytes());
+    b[8..16].copy_from_slice(&(seg << 24).to_ne_bytes());
+    b[32..36].copy_from_slice(&(16u32 << 20).to_ne_bytes());
+    b
+}
+
 struct Sandbox {
     dir: tempfile::TempDir,
 }
@@ -19,7 +31,7 @@ impl Sandbox {
         let p = dir.path();
         fs::create_dir(p.join("archive")).unwrap();
         fs::create_dir(p.join("pg_wal")).unwrap();
-        fs::write(p.join("pg_wal").join(SEG), vec![7u8; 16 << 20]).unwrap();
+        fs::write(p.join("pg_wal").join(SEG), segment_bytes(3)).unwrap();
         fs::write(
             p.join("pg_wal/00000002.history"),
             "1\t0/3000000\tno recovery target specified\n",
@@ -516,4 +528,173 @@ fn the_manual_page_documents_settings_and_references_nothing_missing() {
         !page.contains("walguard\\-archive(1)") && !page.contains("walguard-archive(1)"),
         "a reference to a page that does not exist"
     );
+}
+
+#[test]
+fn the_header_is_checked_before_a_segment_leaves_pg_wal() {
+    let s = Sandbox::new();
+    // A valve releases it (the database is unreachable), but the header still decides.
+    let valve = [
+        "--min-free",
+        "100%",
+        "archive",
+        "pg_wal/000000010000000000000003",
+        SEG,
+    ];
+    let out = s.run(&valve);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fs::remove_file(s.path().join("archive").join(SEG)).unwrap();
+    // The same file under another segment's name: its page address gives it away.
+    let other = "000000010000000000000009";
+    fs::copy(
+        s.path().join("pg_wal").join(SEG),
+        s.path().join("pg_wal").join(other),
+    )
+    .unwrap();
+    let out = s.run(&[
+        "--min-free",
+        "100%",
+        "archive",
+        &format!("pg_wal/{other}"),
+        other,
+    ]);
+    assert_refused(
+        &s,
+        &out,
+        "WAL header field xlp_pageaddr: expected 0/9000000, found 0/3000000",
+    );
+    // A zeroed (recycled) file.
+    fs::write(s.path().join("pg_wal").join(SEG), vec![0u8; 16 << 20]).unwrap();
+    let out = s.run(&valve);
+    assert_refused(&s, &out, "WAL header field xlp_magic");
+    assert!(
+        s.log().lines().last().unwrap().contains("xlp_magic"),
+        "{}",
+        s.log()
+    );
+    // header_check = false lets it through (for those who must).
+    let out = s.run(&[
+        "--header-check",
+        "false",
+        "--min-free",
+        "100%",
+        "archive",
+        &format!("pg_wal/{SEG}"),
+        SEG,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn archive_via_hands_over_and_reports_failures_and_hangs() {
+    let s = Sandbox::new();
+    let history = "00000002.history";
+    let wal_path = format!("pg_wal/{history}");
+    let dest = s.path().join("elsewhere");
+    fs::create_dir(&dest).unwrap();
+    // A history file needs no decision: the hand-off runs at once, with %p and %f quoted.
+    let via = format!("cp %p {}/%f.copied", dest.display());
+    let out = s.run(&["--archive-via", &via, "archive", &wal_path, history]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(dest.join(format!("{history}.copied"))).unwrap(),
+        fs::read(s.path().join(&wal_path)).unwrap()
+    );
+    assert!(
+        s.archived().is_empty(),
+        "archive_dir is not written when archive_via is set"
+    );
+    let line = s.log().lines().last().unwrap().to_string();
+    assert!(
+        line.contains("decision=archived") && line.contains(" via=cp "),
+        "{line}"
+    );
+
+    // It fails: exit 2, its status and last stderr line in the log.
+    let out = s.run(&[
+        "--archive-via",
+        "echo progress >&2; echo 'stanza main does not exist' >&2; exit 42",
+        "archive",
+        &wal_path,
+        history,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = s.log().lines().last().unwrap().to_string();
+    assert!(
+        line.contains("decision=error")
+            && line.contains("exit status 42: stanza main does not exist")
+            && line.contains(" via=echo "),
+        "{line}"
+    );
+    // It is not found, or dies by a signal: still exit 2, never above.
+    for (via, says) in [
+        ("/nonexistent/archiver %p", "exit status 127"),
+        ("kill -KILL $$", "killed by signal 9"),
+    ] {
+        let out = s.run(&["--archive-via", via, "archive", &wal_path, history]);
+        assert_eq!(out.status.code(), Some(2), "{via}: {}", stderr(&out));
+        assert!(
+            s.log().lines().last().unwrap().contains(says),
+            "{}",
+            s.log()
+        );
+    }
+    // It hangs: killed with its whole process group at the timeout.
+    let marker = s.path().join("grandchild-alive");
+    let hang = format!("(sleep 5; touch {}) & sleep 60", marker.display());
+    let started = std::time::Instant::now();
+    let out = s.run(&[
+        "--timeout",
+        "3s",
+        "--archive-via",
+        &hang,
+        "archive",
+        &wal_path,
+        history,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The hand-off gets what is left of the timeout, less a second for the log line.
+    assert!(
+        s.log().lines().last().unwrap().contains("killed after 1s"),
+        "{}",
+        s.log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(!marker.exists(), "a grandchild of the hand-off survived");
+}
+
+#[test]
+fn the_hook_never_sees_walguards_secrets() {
+    let s = Sandbox::new();
+    let seen = s.path().join("seen");
+    let hook = format!(
+        "echo \"${{PGPASSWORD-unset}} ${{WALGUARD_CONNINFO-unset}} $WALGUARD_EVENT\" > {}",
+        seen.display()
+    );
+    let out = Command::new(WALGUARD)
+        .args([
+            "--min-free",
+            "100%",
+            "--on-event",
+            &hook,
+            "archive",
+            &format!("pg_wal/{SEG}"),
+            SEG,
+        ])
+        .current_dir(s.path())
+        .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
+        .env("PGPASSWORD", "hunter2")
+        .env(
+            "WALGUARD_CONNINFO",
+            "host=127.0.0.1 port=1 user=x password=hunter3 connect_timeout=2",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "unset unset valve\n");
 }

@@ -60,6 +60,7 @@ fn exercise(s: &str) {
     let _ = parse_title(s);
     let _ = parse_logfmt(s);
     let _ = toml::from_str::<Layer>(s);
+    let _ = walguard_core::header::LongHeader::parse(s.as_bytes());
 }
 
 #[test]

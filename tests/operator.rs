@@ -206,10 +206,7 @@ fn valves_release_a_dead_replica_and_the_hook_runs_once_per_event() -> Result<()
     // A failing or hanging hook never changes the verdict.
     let out = manual(&["--on-event", "exit 3", "--min-free", "100%"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    assert!(
-        c.last_log_line()
-            .contains("hook=\"failed: exit status: 3\"")
-    );
+    assert!(c.last_log_line().contains("hook=\"failed: exit status 3\""));
     fs::remove_file(other.join(&pending))?;
     let started = Instant::now();
     let out = manual(&[

@@ -3,10 +3,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use walguard_core::decision::{Tripped, Verdict, undecided_valve};
 use walguard_core::event::Event;
-use walguard_core::wal::{Lsn, SegmentId, WalFile};
+use walguard_core::header::Expected;
+use walguard_core::wal::{Lsn, SegmentId, SegmentSize, WalFile};
 
 use super::gather::{self, Gathered, SHOWN, Undecided, verdict_fields};
 use super::invocation::Invocation;
@@ -18,8 +19,8 @@ use crate::metrics;
 use crate::observe::local;
 use crate::out::say;
 use crate::settings::Settings;
-use crate::store::commit;
 use crate::store::copy::{self as archive_copy, Stored};
+use crate::store::{self, commit};
 
 /// A segment file younger than this is copied while the decision is being made.
 const FRESH: Duration = Duration::from_secs(1);
@@ -197,11 +198,76 @@ pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
     result
 }
 
+/// Hands the file to `archive_via`, within what is left of the timeout (the command is
+/// killed with its process group at the deadline). Its exit 0 is walguard's.
+fn hand_off(run: &Invocation, settings: &Settings, via: &str, wal_path: &Path) -> Result<()> {
+    let command = hook::expand(via, &wal_path.to_string_lossy(), &run.wal);
+    // Leave the watchdog a second to log it.
+    let limit = settings
+        .timeout
+        .saturating_sub(run.started.elapsed())
+        .saturating_sub(Duration::from_secs(1));
+    let ran = hook::run(&command, &[], &hook::VIA_UNSET, limit, true);
+    if ran.ok() {
+        return Ok(());
+    }
+    bail!(
+        "archive_via ({}) did not archive {}: {}; PostgreSQL will retry",
+        hook::first_word(via),
+        run.wal,
+        ran.describe()
+    )
+}
+
+/// The header check, before a segment leaves pg_wal by either road.
+fn check_header(
+    run: &Invocation,
+    settings: &Settings,
+    wal_path: &Path,
+    gathered: &Gathered,
+    size: u64,
+) -> Result<()> {
+    let (Some(WalFile::Segment(segment)), true) = (&gathered.wal, settings.header_check) else {
+        return Ok(());
+    };
+    let size = gathered
+        .observation
+        .as_ref()
+        .map(|o| o.segment_size)
+        .map_or_else(|| SegmentSize::new(size), Ok)?;
+    let expected = Expected {
+        segment: *segment,
+        size,
+        sysid: run
+            .sysid
+            .or_else(|| gathered.observation.as_ref()?.system_identifier),
+    };
+    store::header::check_file(wal_path, &expected).hint(
+        "nothing was archived: is it another cluster's file, a recycled or zeroed file, or a wrong %p?",
+    )
+}
+
+/// Where an archived file goes.
+#[derive(Clone, Copy)]
+enum Road<'a> {
+    /// Handed to `archive_via`.
+    Via(&'a str),
+    /// Copied into `archive_dir` by walguard.
+    Copy(&'a Path),
+}
+
 fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
-    let archive_dir = settings
-        .archive_dir
-        .as_deref()
-        .ok_or_else(|| anyhow!("no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR"))?;
+    let road = match (
+        settings.archive_via.as_deref(),
+        settings.archive_dir.as_deref(),
+    ) {
+        (Some(via), _) => Road::Via(via),
+        (None, Some(dir)) => Road::Copy(dir),
+        (None, None) => bail!(
+            "no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR \
+             (or archive_via, to hand the file to another archiver)"
+        ),
+    };
     let meta = std::fs::metadata(wal_path)
         .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
         .hint("archive_command must pass %p, relative to the data directory")?;
@@ -215,15 +281,14 @@ fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age < FRESH);
-    let stage = || archive_copy::stage(wal_path, archive_dir, &run.wal, settings.timeout);
+    let stage = |dir: &Path| archive_copy::stage(wal_path, dir, &run.wal, settings.timeout);
     let decide = || gather::decide(settings, wal, Some((wal_path, &meta)));
-    let (gathered, early) = if fresh {
-        std::thread::scope(|scope| {
-            let copying = scope.spawn(stage);
+    let (gathered, early) = match road {
+        Road::Copy(dir) if fresh => std::thread::scope(|scope| {
+            let copying = scope.spawn(|| stage(dir));
             (decide(), Some(copying.join()))
-        })
-    } else {
-        (decide(), None)
+        }),
+        _ => (decide(), None),
     };
     let gathered = gathered.or_else(|e| undecided(settings, wal, &meta, e))?;
     let verdict = &gathered.verdict;
@@ -234,25 +299,39 @@ fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
     let (level, decision, exit) = if !verdict.archive {
         (Level::Info, "held", Exit::Held)
     } else {
-        let staged = match early {
-            Some(Ok(staged)) => staged,
-            Some(Err(_)) => bail!("the copy into the archive panicked; nothing was archived"),
-            None => stage(),
+        check_header(run, settings, wal_path, &gathered, meta.len())?;
+        let decision = match road {
+            Road::Via(via) => {
+                hand_off(run, settings, via, wal_path)?;
+                fields.push(("bytes", meta.len().to_string()));
+                "archived"
+            }
+            Road::Copy(dir) => {
+                let staged = match early {
+                    Some(Ok(staged)) => staged,
+                    Some(Err(_)) => {
+                        bail!("the copy into the archive panicked; nothing was archived")
+                    }
+                    None => stage(dir),
+                };
+                // A segment must be exactly the size the decision validated (a file
+                // truncated while it was copied is refused); other files are what was
+                // read and fsynced.
+                let expected = match wal {
+                    WalFile::Segment(_) => Some(meta.len()),
+                    _ => None,
+                };
+                let stored = staged
+                    .and_then(|s| s.commit(expected))
+                    .hint("PostgreSQL will retry")?;
+                let (decision, bytes) = match stored {
+                    Stored::Copied { bytes } => ("archived", bytes),
+                    Stored::Exists { bytes } => ("exists", bytes),
+                };
+                fields.push(("bytes", bytes.to_string()));
+                decision
+            }
         };
-        // A segment must be exactly the size the decision validated (a file truncated
-        // while it was copied is refused); other files are what was read and fsynced.
-        let expected = match wal {
-            WalFile::Segment(_) => Some(meta.len()),
-            _ => None,
-        };
-        let stored = staged
-            .and_then(|s| s.commit(expected))
-            .hint("PostgreSQL will retry")?;
-        let (decision, bytes) = match stored {
-            Stored::Copied { bytes } => ("archived", bytes),
-            Stored::Exists { bytes } => ("exists", bytes),
-        };
-        fields.push(("bytes", bytes.to_string()));
         match verdict.valve {
             Some(_) => (Level::Warn, "valve", Exit::Ok),
             None => (Level::Info, decision, Exit::Ok),

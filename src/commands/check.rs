@@ -73,6 +73,19 @@ fn explain(
         out.push_str("verdict: HOLD\n");
         list_reasons(&mut out, verdict);
     }
+    if let Some(via) = &settings.archive_via {
+        let path = format!("pg_wal/{wal}");
+        let _ = writeln!(
+            out,
+            "{} run: {}",
+            if verdict.archive {
+                "would"
+            } else {
+                "once released, would"
+            },
+            crate::hook::expand(via, &path, &wal.to_string())
+        );
+    }
     out
 }
 

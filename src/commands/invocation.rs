@@ -21,6 +21,8 @@ pub struct Invocation {
     /// The cluster's system identifier (from `global/pg_control`): in every line, so that
     /// a log shared by several clusters tells them apart.
     pub sysid: Option<u64>,
+    /// The first word of `archive_via`, when walguard hands files over (`via=`).
+    pub via: Option<String>,
     pub started: Instant,
 }
 
@@ -32,6 +34,9 @@ impl Invocation {
             ("decision", decision.to_string()),
         ];
         all.append(&mut fields);
+        if let Some(via) = &self.via {
+            all.push(("via", via.clone()));
+        }
         if let Some(id) = self.sysid {
             all.push(("sysid", id.to_string()));
         }
@@ -50,6 +55,7 @@ impl Invocation {
         let run = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(timeout);
+            crate::hook::kill_running();
             let after = humantime::format_duration(timeout);
             let (exit, level, decision, reason) = match commit::settle(COMMIT_GRACE) {
                 Phase::NotStarted => (

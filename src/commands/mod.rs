@@ -78,6 +78,11 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         sysid: writes
             .then(|| local::system_identifier(&settings.pgdata))
             .flatten(),
+        via: settings
+            .archive_via
+            .as_deref()
+            .filter(|_| writes)
+            .map(|v| crate::hook::first_word(v).to_string()),
         started: Instant::now(),
     };
     let result = match &guard {

@@ -146,6 +146,22 @@ pub struct Layer {
     #[arg(long, global = true, env = "WALGUARD_SOURCE", value_enum)]
     pub source: Option<Source>,
 
+    /// Hand the file to this command instead of copying it, once the verdict is "archive":
+    /// %p and %f are replaced by the shell-quoted path and name, %% by % (for example
+    /// "pgbackrest --stanza=main archive-push %p") [default: walguard copies into archive_dir]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_ARCHIVE_VIA",
+        value_name = "COMMAND"
+    )]
+    pub archive_via: Option<String>,
+
+    /// Check each segment's first page header (magic, page address, segment size, system
+    /// identifier) before it leaves pg_wal, and in restore and verify [default: true]
+    #[arg(long, global = true, env = "WALGUARD_HEADER_CHECK", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub header_check: Option<bool>,
+
     /// Prometheus textfile that every `archive` rewrites (for node_exporter) [default: off]
     #[arg(
         long,
@@ -176,6 +192,8 @@ impl Layer {
             on_event: self.on_event.or(lower.on_event),
             source: self.source.or(lower.source),
             metrics_file: self.metrics_file.or(lower.metrics_file),
+            archive_via: self.archive_via.or(lower.archive_via),
+            header_check: self.header_check.or(lower.header_check),
         }
     }
 }
@@ -194,6 +212,8 @@ pub struct Settings {
     pub on_event: Option<String>,
     pub source: Source,
     pub metrics_file: Option<PathBuf>,
+    pub archive_via: Option<String>,
+    pub header_check: bool,
 }
 
 #[derive(Debug, Error)]
@@ -289,6 +309,8 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         on_event: merged.on_event,
         source: merged.source.unwrap_or_default(),
         metrics_file: merged.metrics_file,
+        archive_via: merged.archive_via,
+        header_check: merged.header_check.unwrap_or(true),
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod area;
 pub mod commit;
 pub mod copy;
+pub mod header;
 
 use std::io;
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub enum StoreError {
     Undurable { dest: PathBuf, cause: String },
     #[error("walguard is ending (timeout or signal): the copy was not committed")]
     Aborted,
+    #[error("{path} is not the WAL segment its name says: {mismatch}")]
+    Header { path: PathBuf, mismatch: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
