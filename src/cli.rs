@@ -74,6 +74,20 @@ bytes). Exit 1: held, PostgreSQL keeps it in pg_wal and retries. Exit 2: error."
         /// Its file name (%f), e.g. 000000010000000000000003
         wal_name: String,
     },
+    /// Restore one WAL file from the archive (PostgreSQL's restore_command)
+    #[command(after_help = "\
+Example (postgresql.conf of a standby or a server in recovery):
+  restore_command = '/usr/local/bin/walguard --config /etc/walguard/walguard.toml restore %f %p'
+
+Finds NAME or NAME.zst, decompresses it, checks a segment's header, and writes DEST_PATH
+through a temporary file and a rename. Exit 0: restored. Exit 1: not in the archive
+(PostgreSQL asks for files that do not exist; no message). Exit 2: damaged or unreadable.")]
+    Restore {
+        /// The file's name (%f), e.g. 000000010000000000000003 or 00000002.history
+        wal_name: String,
+        /// Where to write it (%p: relative to the data directory)
+        dest_path: PathBuf,
+    },
     /// Dry run: decide about one WAL file and explain why; copies and logs nothing
     #[command(after_help = "\
 Example:
@@ -103,6 +117,19 @@ pg_monitor (PostgreSQL 12+ lists the waiting files; 10 and 11 need the data dire
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Check the archive: gaps, sizes, headers, damaged files, the history chain, and
+    /// whether each listed replica could recover from it
+    #[command(after_help = "\
+Example:
+  walguard --config /etc/walguard/walguard.toml verify
+  walguard --config /etc/walguard/walguard.toml verify --json | jq .problems
+
+Exit 0: clean. Exit 1: problems found (each is listed). Exit 2: could not verify.")]
+    Verify {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Summarise the decision log: holds (how long, which replica), valve releases, errors
     #[command(after_help = "\
 Example:
@@ -125,7 +152,8 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
         "archive" => &[
             "archive_dir", "replicas", "conninfo", "log_file", "position", "keep_segments",
             "unlisted", "resolve", "timeout", "pgdata", "min_free", "max_retained", "max_hold",
-            "on_event", "source", "metrics_file", "archive_via", "header_check",
+            "on_event", "source", "metrics_file", "archive_via", "header_check", "compress",
+            "compress_level",
         ],
         "check" => &[
             "replicas", "conninfo", "position", "keep_segments", "unlisted", "resolve", "timeout",
@@ -136,6 +164,11 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
             "resolve", "timeout", "pgdata", "min_free", "max_retained", "max_hold", "source",
         ],
         "log" => &["log_file"],
+        "restore" => &["archive_dir", "log_file", "timeout", "pgdata", "header_check"],
+        "verify" => &[
+            "archive_dir", "replicas", "conninfo", "position", "resolve", "timeout", "pgdata",
+            "source",
+        ],
         _ => &[],
     }
 }

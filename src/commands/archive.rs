@@ -18,8 +18,8 @@ use crate::log::{self, Level};
 use crate::metrics;
 use crate::observe::local;
 use crate::out::say;
-use crate::settings::Settings;
-use crate::store::copy::{self as archive_copy, Stored};
+use crate::settings::{Compress, Settings};
+use crate::store::copy::{self as archive_copy, Compression, Stored};
 use crate::store::{self, commit};
 
 /// A segment file younger than this is copied while the decision is being made.
@@ -281,7 +281,16 @@ fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age < FRESH);
-    let stage = |dir: &Path| archive_copy::stage(wal_path, dir, &run.wal, settings.timeout);
+    // Segments are compressed as asked; history and backup-label files stay plain (small,
+    // and read by people).
+    let compression = match (wal, settings.compress) {
+        (WalFile::Segment(_) | WalFile::Partial(_), Compress::Zstd) => Compression::Zstd {
+            level: settings.compress_level,
+        },
+        _ => Compression::None,
+    };
+    let stage =
+        |dir: &Path| archive_copy::stage(wal_path, dir, &run.wal, settings.timeout, compression);
     let decide = || gather::decide(settings, wal, Some((wal_path, &meta)));
     let (gathered, early) = match road {
         Road::Copy(dir) if fresh => std::thread::scope(|scope| {
@@ -325,7 +334,12 @@ fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
                     .and_then(|s| s.commit(expected))
                     .hint("PostgreSQL will retry")?;
                 let (decision, bytes) = match stored {
-                    Stored::Copied { bytes } => ("archived", bytes),
+                    Stored::Copied { bytes, stored } => {
+                        if stored != bytes {
+                            fields.push(("stored", stored.to_string()));
+                        }
+                        ("archived", bytes)
+                    }
                     Stored::Exists { bytes } => ("exists", bytes),
                 };
                 fields.push(("bytes", bytes.to_string()));

@@ -62,7 +62,14 @@ impl Invocation {
                     Exit::Error,
                     Level::Error,
                     "error",
-                    format!("timed out after {after}; nothing was archived"),
+                    format!(
+                        "timed out after {after}; nothing was {}",
+                        if run.cmd == "restore" {
+                            "restored"
+                        } else {
+                            "archived"
+                        }
+                    ),
                 ),
                 Phase::Committing => (
                     Exit::Error,

@@ -7,7 +7,9 @@ mod completions;
 mod gather;
 mod invocation;
 mod log;
+mod restore;
 mod status;
+mod verify;
 mod views;
 
 use std::path::Path;
@@ -66,11 +68,13 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
     };
     let (cmd, wal_name) = match &guard {
         Guard::Archive { wal_name, .. } => ("archive", wal_name.as_str()),
+        Guard::Restore { wal_name, .. } => ("restore", wal_name.as_str()),
         Guard::Check { wal_name } => ("check", wal_name.as_str()),
         Guard::Status { .. } => ("status", ""),
+        Guard::Verify { .. } => ("verify", ""),
         Guard::Log { .. } => ("log", ""),
     };
-    let writes = cmd == "archive";
+    let writes = matches!(cmd, "archive" | "restore");
     let run = Invocation {
         log: writes.then(|| DecisionLog::new(settings.log_file.clone())),
         cmd,
@@ -81,7 +85,7 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         via: settings
             .archive_via
             .as_deref()
-            .filter(|_| writes)
+            .filter(|_| cmd == "archive")
             .map(|v| crate::hook::first_word(v).to_string()),
         started: Instant::now(),
     };
@@ -92,6 +96,12 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
                 .and_then(|()| gather::parse_name(wal_name, cmd))
                 .and_then(|wal| archive::run(&run, &settings, wal_path, &wal))
         }
+        Guard::Restore { dest_path, .. } => {
+            run.arm_watchdog(settings.timeout);
+            refuse_root(cmd, &settings.pgdata)
+                .and_then(|()| gather::parse_name(wal_name, cmd))
+                .and_then(|wal| restore::run(&run, &settings, &wal, dest_path))
+        }
         Guard::Check { .. } => {
             run.arm_watchdog(settings.timeout);
             gather::parse_name(wal_name, cmd).and_then(|wal| check::run(&settings, &wal))
@@ -99,6 +109,10 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         Guard::Status { json, format } => {
             run.arm_watchdog(settings.timeout);
             status::run(&settings, if *json { Format::Json } else { *format })
+        }
+        Guard::Verify { json } => {
+            // Reading a large archive takes its time: no watchdog.
+            verify::run(&settings, *json)
         }
         Guard::Log { file, json } => {
             log::run(file.as_deref().or(settings.log_file.as_deref()), *json)

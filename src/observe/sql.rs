@@ -214,6 +214,8 @@ pub struct Ready {
 pub struct Extras {
     pub waiting: Option<Vec<Ready>>,
     pub data_directory: Option<std::path::PathBuf>,
+    /// The files in `pg_wal` (`pg_ls_waldir()`, needs `pg_monitor`).
+    pub pg_wal: Option<std::collections::BTreeSet<String>>,
 }
 
 pub fn extras(target: &Target, server_version: Option<u32>) -> Result<Extras, ObserveError> {
@@ -256,8 +258,14 @@ pub fn extras(target: &Target, server_version: Option<u32>) -> Result<Extras, Ob
     };
     let data_directory = rows(&mut client, "SELECT current_setting('data_directory')")
         .and_then(|rows| rows.first()?.get(0).map(std::path::PathBuf::from));
+    let pg_wal = rows(&mut client, "SELECT name FROM pg_ls_waldir()").map(|rows| {
+        rows.iter()
+            .filter_map(|r| r.get(0).map(str::to_string))
+            .collect()
+    });
     Ok(Extras {
         waiting,
         data_directory,
+        pg_wal,
     })
 }

@@ -58,6 +58,19 @@ pub enum Source {
     Auto,
 }
 
+/// How archived segments are kept.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Compress {
+    /// As PostgreSQL wrote them.
+    #[default]
+    None,
+    /// zstd, as NAME.zst (history and backup-label files stay plain).
+    Zstd,
+}
+
 /// Every setting, each optional, as read from any one source.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +175,14 @@ pub struct Layer {
     #[arg(long, global = true, env = "WALGUARD_HEADER_CHECK", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub header_check: Option<bool>,
 
+    /// Compress archived segments: none or zstd (stored as NAME.zst) [default: none]
+    #[arg(long, global = true, env = "WALGUARD_COMPRESS", value_enum)]
+    pub compress: Option<Compress>,
+
+    /// zstd level, 1 (fastest) to 19 [default: 3]
+    #[arg(long, global = true, env = "WALGUARD_COMPRESS_LEVEL", value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compress_level: Option<i32>,
+
     /// Prometheus textfile that every `archive` rewrites (for node_exporter) [default: off]
     #[arg(
         long,
@@ -194,6 +215,8 @@ impl Layer {
             metrics_file: self.metrics_file.or(lower.metrics_file),
             archive_via: self.archive_via.or(lower.archive_via),
             header_check: self.header_check.or(lower.header_check),
+            compress: self.compress.or(lower.compress),
+            compress_level: self.compress_level.or(lower.compress_level),
         }
     }
 }
@@ -214,6 +237,8 @@ pub struct Settings {
     pub metrics_file: Option<PathBuf>,
     pub archive_via: Option<String>,
     pub header_check: bool,
+    pub compress: Compress,
+    pub compress_level: i32,
 }
 
 #[derive(Debug, Error)]
@@ -231,6 +256,8 @@ pub enum SettingsError {
     NoReplicas,
     #[error("timeout must be more than zero")]
     ZeroTimeout,
+    #[error("compress_level {0} is out of range: zstd levels go from 1 (fastest) to 19")]
+    Level(i32),
 }
 
 impl Settings {
@@ -288,6 +315,9 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     if timeout.is_zero() {
         return Err(SettingsError::ZeroTimeout);
     }
+    if let Some(level) = merged.compress_level.filter(|l| !(1..=19).contains(l)) {
+        return Err(SettingsError::Level(level));
+    }
     Ok(Settings {
         archive_dir: merged.archive_dir,
         replicas: merged.replicas,
@@ -311,6 +341,8 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         metrics_file: merged.metrics_file,
         archive_via: merged.archive_via,
         header_check: merged.header_check.unwrap_or(true),
+        compress: merged.compress.unwrap_or_default(),
+        compress_level: merged.compress_level.unwrap_or(3),
     })
 }
 

@@ -6,7 +6,7 @@
 //! one. The archive directory is then fsynced so that the new name survives a crash.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,10 +17,29 @@ use super::{StoreError, commit};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
-    /// Copied now.
-    Copied { bytes: u64 },
-    /// Already archived with identical bytes (PostgreSQL retried after a crash).
+    /// Copied now: `bytes` read, `stored` bytes written (less when compressed).
+    Copied { bytes: u64, stored: u64 },
+    /// Already archived with identical (decompressed) bytes: PostgreSQL retried after a
+    /// crash.
     Exists { bytes: u64 },
+}
+
+/// How a file is kept in the archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd { level: i32 },
+}
+
+/// The suffix of a compressed file in the archive.
+pub const ZSTD_SUFFIX: &str = ".zst";
+
+/// The name `name` is stored under with `compression`.
+pub fn stored_name(name: &str, compression: Compression) -> String {
+    match compression {
+        Compression::None => name.to_string(),
+        Compression::Zstd { .. } => format!("{name}{ZSTD_SUFFIX}"),
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -31,11 +50,18 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
-/// True when both files hold the same bytes. Reads in large blocks: a segment is 16 MiB+.
-fn same_content(a: &mut File, b: &mut File) -> io::Result<bool> {
-    if a.metadata()?.len() != b.metadata()?.len() {
-        return Ok(false);
-    }
+/// An archived file's content, decompressed if it is a `.zst`.
+pub fn reader(file: File, stored_name: &str) -> io::Result<Box<dyn Read>> {
+    Ok(if stored_name.ends_with(ZSTD_SUFFIX) {
+        Box::new(zstd::stream::read::Decoder::new(file)?)
+    } else {
+        Box::new(file)
+    })
+}
+
+/// True when both readers yield the same bytes. Reads in large blocks: a segment is
+/// 16 MiB or more.
+fn same_content(a: &mut dyn Read, b: &mut dyn Read) -> io::Result<bool> {
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let n = read_full(a, &mut ba)?;
@@ -49,7 +75,7 @@ fn same_content(a: &mut File, b: &mut File) -> io::Result<bool> {
     }
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full(f: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match f.read(&mut buf[filled..]) {
@@ -67,8 +93,10 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 pub struct Staged {
     dir: ArchiveDir,
     src: PathBuf,
+    /// The WAL file name, and the name it is stored under (`NAME` or `NAME.zst`).
     name: String,
-    /// The temporary name and file; `None` when the final name was already taken.
+    stored: String,
+    /// The temporary name and file; `None` when the file was already in the archive.
     tmp: Option<(String, File)>,
     bytes: u64,
 }
@@ -81,33 +109,57 @@ impl Drop for Staged {
     }
 }
 
-/// Copies `src` into a temporary file in `dir`'s temp area (no fsync yet), unless
-/// `dir/name` exists already. `name` must be a validated WAL file name (no `/`, no `..`).
+/// The names `name` may be archived under, plain first.
+fn forms(name: &str) -> [String; 2] {
+    [name.to_string(), format!("{name}{ZSTD_SUFFIX}")]
+}
+
+/// Counts the bytes read through it: the input of a compressed copy.
+struct Counted<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Copies `src` into a temporary file in `dir`'s temp area (no fsync yet), compressed
+/// as asked, unless `dir` holds `name` already in either form. `name` must be a
+/// validated WAL file name (no `/`, no `..`).
 pub fn stage(
     src: &Path,
     dir: &Path,
     name: &str,
     stale_after: Duration,
+    compression: Compression,
 ) -> Result<Staged, StoreError> {
     let dir = ArchiveDir::open(dir)?;
     let mut staged = Staged {
         src: src.to_path_buf(),
         name: name.to_string(),
+        stored: stored_name(name, compression),
         tmp: None,
         bytes: 0,
         dir,
     };
-    let dest = staged.dir.path.join(name);
-    if staged
-        .dir
-        .entry_type(name)
-        .map_err(io_err("cannot stat", &dest))?
-        .is_some()
-    {
-        return Ok(staged);
+    for form in forms(name) {
+        let dest = staged.dir.path.join(&form);
+        if staged
+            .dir
+            .entry_type(&form)
+            .map_err(io_err("cannot stat", &dest))?
+            .is_some()
+        {
+            return Ok(staged);
+        }
     }
     staged.dir.clean_stale(stale_after);
-    let tmp_name = staged.dir.temp_name(name);
+    let tmp_name = staged.dir.temp_name(&staged.stored);
     let tmp_path = staged.dir.path.join(super::area::TMP_DIR).join(&tmp_name);
     let mut input = File::open(src).map_err(io_err("cannot open", src))?;
     let output = openat(
@@ -119,8 +171,35 @@ pub fn stage(
     .map(File::from)
     .map_err(|e| io_err("cannot create", &tmp_path)(e.into()))?;
     let mut output = &staged.tmp.insert((tmp_name, output)).1; // dropping `staged` removes it
-    // std::io::copy uses copy_file_range(2) between files: no user-space buffer.
-    staged.bytes = io::copy(&mut input, &mut output).map_err(io_err("cannot write", &tmp_path))?;
+    let write_err = io_err("cannot write", &tmp_path);
+    staged.bytes = match compression {
+        // std::io::copy uses copy_file_range(2) between files: no user-space buffer.
+        Compression::None => io::copy(&mut input, &mut output).map_err(write_err)?,
+        Compression::Zstd { level } => {
+            let len = input.metadata().map_err(io_err("cannot stat", src))?.len();
+            let mut counted = Counted {
+                inner: io::BufReader::with_capacity(1 << 20, input),
+                count: 0,
+            };
+            let encoded = (|| {
+                let mut encoder = zstd::stream::write::Encoder::new(
+                    io::BufWriter::with_capacity(1 << 20, output),
+                    level,
+                )?;
+                encoder.include_checksum(true)?;
+                // The size in the frame header: a file that shrinks while read fails here.
+                encoder.set_pledged_src_size(Some(len))?;
+                io::copy(&mut counted, &mut encoder)?;
+                encoder
+                    .finish()?
+                    .into_inner()
+                    .map_err(io::IntoInnerError::into_error)?
+                    .flush()
+            })();
+            encoded.map_err(write_err)?;
+            counted.count
+        }
+    };
     Ok(staged)
 }
 
@@ -139,7 +218,7 @@ impl Staged {
     }
 
     fn link(&self, tmp: &str, output: File, expected: Option<u64>) -> Result<Stored, StoreError> {
-        let dest = self.dir.path.join(&self.name);
+        let dest = self.dir.path.join(&self.stored);
         if let Some(expected) = expected
             && self.bytes != expected
         {
@@ -150,13 +229,17 @@ impl Staged {
             });
         }
         output.sync_all().map_err(io_err("cannot fsync", &dest))?;
+        let stored = output
+            .metadata()
+            .map_err(io_err("cannot stat", &dest))?
+            .len();
         drop(output);
         let guard = commit::begin().map_err(|_| StoreError::Aborted)?;
         match linkat(
             &self.dir.tmp,
             tmp,
             &self.dir.fd,
-            &self.name,
+            &self.stored,
             AtFlags::empty(),
         ) {
             Ok(()) => {}
@@ -172,38 +255,70 @@ impl Staged {
             cause: e.to_string(),
         })?;
         guard.done();
-        Ok(Stored::Copied { bytes: self.bytes })
+        Ok(Stored::Copied {
+            bytes: self.bytes,
+            stored,
+        })
     }
 
-    /// The final name is taken: identical bytes are success, made durable first (the
-    /// earlier run may have crashed before its fsyncs); anything else is refused.
+    /// The file is in the archive already, plain or compressed: identical bytes are
+    /// success, made durable first (the earlier run may have crashed before its fsyncs);
+    /// anything else is refused and left alone.
     fn existing(&self, expected: Option<u64>) -> Result<Stored, StoreError> {
-        let dest = self.dir.path.join(&self.name);
-        if self
-            .dir
-            .entry_type(&self.name)
-            .map_err(io_err("cannot stat", &dest))?
-            != Some(FileType::RegularFile)
-        {
-            return Err(StoreError::NotRegular { dest });
+        for form in forms(&self.name) {
+            let dest = self.dir.path.join(&form);
+            match self
+                .dir
+                .entry_type(&form)
+                .map_err(io_err("cannot stat", &dest))?
+            {
+                None => continue,
+                Some(FileType::RegularFile) => {}
+                Some(_) => return Err(StoreError::NotRegular { dest }),
+            }
+            let archived = self
+                .dir
+                .open_file(&form)
+                .map_err(io_err("cannot read", &dest))?;
+            let mut src = File::open(&self.src).map_err(io_err("cannot read", &self.src))?;
+            let bytes = src
+                .metadata()
+                .map_err(io_err("cannot stat", &self.src))?
+                .len();
+            let same = reader(
+                archived.try_clone().map_err(io_err("cannot read", &dest))?,
+                &form,
+            )
+            .and_then(|mut r| same_content(&mut src, &mut r))
+            .map_err(|e| StoreError::Damaged {
+                dest: dest.clone(),
+                cause: e.to_string(),
+            })?;
+            if !same || expected.is_some_and(|e| e != bytes) {
+                // A compressed file that differs may be merely damaged: say which.
+                let damage = form.ends_with(ZSTD_SUFFIX).then(|| {
+                    let mut file = archived;
+                    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
+                    reader(file, &form).and_then(|mut r| io::copy(&mut r, &mut io::sink()))
+                });
+                return Err(match damage {
+                    Some(Err(e)) => StoreError::Damaged {
+                        dest,
+                        cause: e.to_string(),
+                    },
+                    _ => StoreError::Conflict { dest },
+                });
+            }
+            archived.sync_all().map_err(io_err("cannot fsync", &dest))?;
+            self.dir.sync()?;
+            return Ok(Stored::Exists { bytes });
         }
-        let mut archived = self
-            .dir
-            .open_file(&self.name)
-            .map_err(io_err("cannot read", &dest))?;
-        let mut src = File::open(&self.src).map_err(io_err("cannot read", &self.src))?;
-        let bytes = archived
-            .metadata()
-            .map_err(io_err("cannot stat", &dest))?
-            .len();
-        let same =
-            same_content(&mut src, &mut archived).map_err(io_err("cannot compare with", &dest))?;
-        if !same || expected.is_some_and(|e| e != bytes) {
-            return Err(StoreError::Conflict { dest });
-        }
-        archived.sync_all().map_err(io_err("cannot fsync", &dest))?;
-        self.dir.sync()?;
-        Ok(Stored::Exists { bytes })
+        // Both gone since they were seen: another tool removed it. Nothing was archived.
+        Err(StoreError::Io {
+            what: "vanished while being compared:",
+            path: self.dir.path.join(&self.stored),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })
     }
 }
 
@@ -236,7 +351,7 @@ mod tests {
         name: &str,
         stale_after: Duration,
     ) -> Result<Stored, StoreError> {
-        stage(src, dir, name, stale_after)?.commit(None)
+        stage(src, dir, name, stale_after, Compression::None)?.commit(None)
     }
 
     #[test]
@@ -248,7 +363,10 @@ mod tests {
         let archive = d.0.join("archive");
         assert_eq!(
             store(&src, &archive, NAME, STALE).unwrap(),
-            Stored::Copied { bytes: 3_000_000 }
+            Stored::Copied {
+                bytes: 3_000_000,
+                stored: 3_000_000
+            }
         );
         let dest = archive.join(NAME);
         assert_eq!(fs::read(&dest).unwrap(), data);
@@ -277,7 +395,7 @@ mod tests {
         let src = d.0.join("seg");
         fs::write(&src, vec![1u8; 8 << 20]).unwrap();
         let archive = d.0.join("archive");
-        let err = stage(&src, &archive, NAME, STALE)
+        let err = stage(&src, &archive, NAME, STALE, Compression::None)
             .unwrap()
             .commit(Some(16 << 20))
             .unwrap_err();
@@ -348,6 +466,63 @@ mod tests {
         let err = store(&src, &archive, "000000010000000000000002", Duration::ZERO).unwrap_err();
         assert!(err.to_string().contains("is not a real directory"), "{err}");
         assert_eq!(fs::read(victim.join(NAME)).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn compressed_copies_read_back_identical_and_count_as_existing() {
+        let d = tempdir("zstd");
+        let src = d.0.join("seg");
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i / 1000 % 7) as u8).collect();
+        fs::write(&src, &data).unwrap();
+        let archive = d.0.join("archive");
+        let zstd = Compression::Zstd { level: 3 };
+        let stored = stage(&src, &archive, NAME, STALE, zstd)
+            .unwrap()
+            .commit(Some(4_000_000))
+            .unwrap();
+        let Stored::Copied { bytes, stored } = stored else {
+            panic!("{stored:?}")
+        };
+        assert_eq!(bytes, 4_000_000);
+        assert!(stored < bytes / 10, "compressed to {stored}");
+        let on_disk = archive.join(format!("{NAME}.zst"));
+        assert_eq!(
+            zstd::decode_all(fs::File::open(&on_disk).unwrap()).unwrap(),
+            data
+        );
+        assert!(!archive.join(NAME).exists());
+        // Identical decompressed bytes are "exists", whichever form is asked for now.
+        for again in [zstd, Compression::None] {
+            assert_eq!(
+                stage(&src, &archive, NAME, STALE, again)
+                    .unwrap()
+                    .commit(Some(4_000_000))
+                    .unwrap(),
+                Stored::Exists { bytes: 4_000_000 }
+            );
+        }
+        assert!(!archive.join(NAME).exists(), "no second form was written");
+        // Different bytes: refused, and the archived file is left alone.
+        let mut other = data.clone();
+        other[123] ^= 1;
+        fs::write(&src, &other).unwrap();
+        let err = stage(&src, &archive, NAME, STALE, zstd)
+            .unwrap()
+            .commit(None)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        // A damaged .zst under the name: refused as damaged, never overwritten.
+        let mut bytes = fs::read(&on_disk).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xFF;
+        fs::write(&on_disk, &bytes).unwrap();
+        fs::write(&src, &data).unwrap();
+        let err = stage(&src, &archive, NAME, STALE, zstd)
+            .unwrap()
+            .commit(None)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert_eq!(fs::read(&on_disk).unwrap(), bytes);
     }
 
     #[test]

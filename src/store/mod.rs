@@ -6,6 +6,8 @@ pub mod area;
 pub mod commit;
 pub mod copy;
 pub mod header;
+pub mod listing;
+pub mod restore;
 
 use std::io;
 use std::path::PathBuf;
@@ -19,6 +21,10 @@ pub enum StoreError {
          find out which server wrote it (two primaries archiving to one directory?) before moving it away"
     )]
     Conflict { dest: PathBuf },
+    #[error(
+        "{dest} is in the archive but cannot be read back ({cause}): it may be damaged; refusing to overwrite it"
+    )]
+    Damaged { dest: PathBuf, cause: String },
     #[error("{dest} is not a regular file: refusing to write through it")]
     NotRegular { dest: PathBuf },
     #[error("{path} {problem}")]

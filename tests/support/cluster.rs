@@ -364,6 +364,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// A TCP port nobody listens on now.
+    pub fn free_port(&self) -> Result<u16> {
+        free_port()
+    }
+
     pub fn replica(&self, name: &str) -> &Node {
         self.replicas
             .iter()

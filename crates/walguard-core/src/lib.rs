@@ -16,4 +16,5 @@ pub mod list;
 pub mod logfmt;
 pub mod observation;
 pub mod units;
+pub mod verify;
 pub mod wal;

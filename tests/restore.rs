@@ -1,0 +1,507 @@
+//! An archive you can restore from, proven on a real cluster: walguard archives a pgbench
+//! load compressed, a new server recovers from a base backup to a point in time with
+//! `restore_command = 'walguard ... restore %f %p'` and holds exactly the primary's data
+//! at that moment; a standby restored from the archive follows a failover onto the new
+//! timeline; `verify` finds every kind of damage and calls a clean archive clean; and
+//! `restore` refuses bad input without leaving anything half-written.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cluster::{ARCHIVE_WAIT, Cluster, Node, Options, output_text, wait_for};
+
+const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
+
+fn compressed(replicas: usize) -> Result<Cluster> {
+    let c = Cluster::start(
+        WALGUARD.as_ref(),
+        Options {
+            replicas,
+            extra_config: "compress = \"zstd\"\n".into(),
+            ..Options::default()
+        },
+    )?;
+    let first = c.switch_wal()?;
+    c.wait_log_line(&format!("wal={first} decision=archived"))?;
+    Ok(c)
+}
+
+/// Runs a PostgreSQL client program (pgbench, pg_basebackup) against the primary.
+fn client(c: &Cluster, program: &str, args: &[&str]) -> Result<Output> {
+    let out = c
+        .as_server_user(&c.bindir.join(program))
+        .args([
+            "-h",
+            c.base.to_str().unwrap(),
+            "-p",
+            &c.primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("{program} failed: {}", output_text(&out));
+    }
+    Ok(out)
+}
+
+/// The pgbench tables' contents, as one checksum (every row, in key order).
+const CHECKSUM: &str = "SELECT md5(
+    (SELECT string_agg(a::text, ',' ORDER BY aid) FROM pgbench_accounts a) ||
+    (SELECT string_agg(t::text, ',' ORDER BY tid) FROM pgbench_tellers t) ||
+    (SELECT string_agg(b::text, ',' ORDER BY bid) FROM pgbench_branches b) ||
+    coalesce((SELECT string_agg(h::text, ',' ORDER BY h.mtime, h.tid, h.aid, h.delta) FROM pgbench_history h), ''))";
+
+/// Waits until every segment the primary has finished is in the archive.
+fn archive_everything(c: &Cluster) -> Result<String> {
+    let last = c.switch_wal()?;
+    wait_for(&format!("{last} to be archived"), ARCHIVE_WAIT, || {
+        let archived = c.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
+        Ok(archived.is_some_and(|a| a >= last).then_some(()))
+    })?;
+    Ok(last)
+}
+
+/// A server made from the base backup in `backup`, recovering with walguard's
+/// restore_command and `settings`; not started.
+fn recovering_server(
+    c: &Cluster,
+    name: &str,
+    backup: &Path,
+    settings: &str,
+    standby: bool,
+) -> Result<Node> {
+    let node = Node {
+        name: name.into(),
+        data: c.base.join(name),
+        port: c.free_port()?,
+    };
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(backup)
+        .arg(&node.data)
+        .status()?;
+    anyhow::ensure!(copied.success(), "copying the base backup");
+    fs::write(
+        node.data.join("postgresql.auto.conf"),
+        format!(
+            "port = {}\narchive_mode = off\nrestore_command = '{} --config {} restore %f %p'\n{settings}\n",
+            node.port,
+            c.walguard.display(),
+            c.config.display()
+        ),
+    )?;
+    fs::write(
+        node.data.join(if standby {
+            "standby.signal"
+        } else {
+            "recovery.signal"
+        }),
+        "",
+    )?;
+    c.chown(&node.data)?;
+    Ok(node)
+}
+
+#[test]
+fn point_in_time_recovery_from_a_compressed_archive() -> Result<()> {
+    let c = compressed(1)?;
+    client(&c, "pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
+    let backup = c.base.join("backup");
+    client(
+        &c,
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    client(&c, "pgbench", &["-T", "3", "-c", "2", "-n", "postgres"])?;
+    // The moment to recover to: no transaction commits around it.
+    let want = c.query(CHECKSUM)?.context("no checksum")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = c.query("SELECT clock_timestamp()")?.context("no time")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    client(&c, "pgbench", &["-T", "2", "-c", "2", "-n", "postgres"])?;
+    assert_ne!(
+        c.query(CHECKSUM)?.as_deref(),
+        Some(want.as_str()),
+        "the later load changed nothing"
+    );
+    archive_everything(&c)?;
+    let zst = fs::read_dir(&c.archive)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".zst"))
+        .count();
+    assert!(zst >= 3, "only {zst} compressed segments");
+
+    let pitr = recovering_server(
+        &c,
+        "pitr",
+        &backup,
+        &format!("recovery_target_time = '{target}'\nrecovery_target_action = 'promote'"),
+        false,
+    )?;
+    c.start_node(&pitr)?;
+    wait_for(
+        "the recovered server to reach its target and promote",
+        Duration::from_secs(120),
+        || {
+            Ok((c
+                .query_on(&pitr, "SELECT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("f"))
+            .then_some(()))
+        },
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    assert_eq!(
+        c.query_on(&pitr, CHECKSUM)?.as_deref(),
+        Some(want.as_str()),
+        "the data at the target differs"
+    );
+    let restored = c
+        .log_text()
+        .lines()
+        .filter(|l| {
+            l.contains("cmd=restore") && l.contains("decision=restored") && l.contains(".zst")
+        })
+        .count();
+    assert!(
+        restored >= 3,
+        "{restored} segments restored from .zst: {}",
+        c.log_text()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
+    let c = compressed(1)?;
+    let r1 = c.replica("r1");
+    // r1's own walguard, for when it is the primary: same archive and log, no replicas.
+    let config = c.base.join("walguard-r1.toml");
+    let list = c.base.join("r1.list");
+    fs::write(&list, "")?;
+    fs::write(
+        &config,
+        format!(
+            "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"host={} port={} user=postgres dbname=postgres\"\ntimeout = \"10s\"\ncompress = \"zstd\"\n",
+            c.archive.display(),
+            list.display(),
+            c.log.display(),
+            c.base.display(),
+            r1.port
+        ),
+    )?;
+    c.chown(&c.base)?;
+    c.configure(
+        r1,
+        &format!(
+            "archive_command = '{} --config {} archive %p %f'",
+            c.walguard.display(),
+            config.display()
+        ),
+    )?;
+    let backup = c.base.join("backup");
+    client(
+        &c,
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    c.query("CREATE TABLE marks (what text); INSERT INTO marks VALUES ('before the failover')")?;
+    archive_everything(&c)?;
+    c.wait_caught_up(&["r1"])?;
+
+    c.stop(&c.primary)?;
+    c.promote(r1)?;
+    wait_for("the history file in the archive", ARCHIVE_WAIT, || {
+        Ok(c.archive.join("00000002.history").exists().then_some(()))
+    })?;
+    c.query_on(r1, "INSERT INTO marks VALUES ('after the failover')")?;
+    let last = c.switch_wal_on(r1)?;
+    assert!(last.starts_with("00000002"), "{last}");
+    c.wait_log_line(&format!("wal={last} decision=archived"))?;
+
+    // A standby from the old base backup, fed only by the archive (no primary_conninfo).
+    let standby = recovering_server(
+        &c,
+        "restored",
+        &backup,
+        "hot_standby = on\nrecovery_target_timeline = 'latest'",
+        true,
+    )?;
+    c.start_node(&standby)?;
+    wait_for(
+        "the restored standby to replay the new timeline",
+        Duration::from_secs(120),
+        || {
+            let seen = c
+                .query_on(
+                    &standby,
+                    "SELECT count(*) FROM marks WHERE what = 'after the failover'",
+                )
+                .ok()
+                .flatten();
+            Ok((seen.as_deref() == Some("1")).then_some(()))
+        },
+    )
+    .with_context(|| c.server_log(&standby))?;
+    // The row exists only on timeline 2, which the standby restored segment by segment.
+    let log = c.server_log(&standby);
+    assert!(
+        log.contains("restored log file \"00000002.history\" from archive"),
+        "{log}"
+    );
+    assert!(
+        log.contains("restored log file \"00000002000000000000000"),
+        "{log}"
+    );
+    // And verify sees both timelines and the history chain as whole.
+    let out = c.walguard(&["verify"]);
+    let text = output_text(&out);
+    assert!(
+        text.contains("timeline 1: ") && text.contains("timeline 2: "),
+        "{text}"
+    );
+    assert!(!text.contains("problem:"), "{text}");
+    Ok(())
+}
+
+/// A copy of the archive to damage, owned by the server's user.
+fn archive_copy(c: &Cluster, name: &str) -> Result<PathBuf> {
+    let dir = c.base.join(name);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&c.archive)
+        .arg(&dir)
+        .status()?;
+    anyhow::ensure!(copied.success(), "copying the archive");
+    Ok(dir)
+}
+
+#[test]
+fn verify_finds_every_kind_of_damage_and_calls_clean_clean() -> Result<()> {
+    let c = compressed(2)?;
+    for _ in 0..5 {
+        c.switch_wal()?;
+    }
+    let last = archive_everything(&c)?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    let verify = |dir: &Path| c.walguard(&["--archive-dir", dir.to_str().unwrap(), "verify"]);
+    let clean = verify(&c.archive);
+    assert_eq!(clean.status.code(), Some(0), "{}", output_text(&clean));
+    let text = output_text(&clean);
+    assert!(
+        text.starts_with("clean: ")
+            && text.contains("app:r1 (at ")
+            && text.contains("could recover from the archive and pg_wal: yes"),
+        "{text}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&c.walguard(&["verify", "--json"]).stdout)?;
+    assert_eq!(j["clean"], true, "{j}");
+    assert!(j["compressed"].as_u64().unwrap() >= 5, "{j}");
+
+    let names: Vec<String> = {
+        let mut n: Vec<String> = fs::read_dir(&c.archive)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".zst"))
+            .collect();
+        n.sort();
+        n
+    };
+    let middle = &names[names.len() / 2];
+    let stem = middle.trim_end_matches(".zst").to_string();
+    // (what is done to a copy, what verify must say)
+    type Damage = Box<dyn Fn(&Path) -> Result<()>>;
+    let m = middle.clone();
+    let st = stem.clone();
+    let cases: Vec<(&str, Damage, String)> = vec![
+        (
+            "deleted",
+            Box::new(move |d: &Path| Ok(fs::remove_file(d.join(&m))?)),
+            format!("timeline 1: gap: {stem} is missing"),
+        ),
+        (
+            "corrupted",
+            {
+                let m = middle.clone();
+                Box::new(move |d: &Path| {
+                    let mut bytes = fs::read(d.join(&m))?;
+                    let at = bytes.len() / 2;
+                    bytes[at] ^= 0xFF;
+                    Ok(fs::write(d.join(&m), bytes)?)
+                })
+            },
+            format!("{middle}: cannot be read back"),
+        ),
+        (
+            "truncated",
+            {
+                let st = st.clone();
+                let m = middle.clone();
+                Box::new(move |d: &Path| {
+                    let full = zstd::decode_all(fs::File::open(d.join(&m))?)?;
+                    fs::remove_file(d.join(&m))?;
+                    Ok(fs::write(d.join(&st), &full[..full.len() / 2])?)
+                })
+            },
+            format!("{stem}: 8388608 bytes, a segment is 16777216"),
+        ),
+        (
+            "twice",
+            {
+                let st = st.clone();
+                let m = middle.clone();
+                Box::new(move |d: &Path| {
+                    Ok(fs::write(
+                        d.join(&st),
+                        zstd::decode_all(fs::File::open(d.join(&m))?)?,
+                    )?)
+                })
+            },
+            format!("{stem} and {stem}.zst are both in the archive"),
+        ),
+    ];
+    for (case, damage, says) in cases {
+        let dir = archive_copy(&c, &format!("damaged-{case}"))?;
+        damage(&dir)?;
+        c.chown(&dir)?;
+        let out = verify(&dir);
+        assert_eq!(out.status.code(), Some(1), "{case}: {}", output_text(&out));
+        assert!(
+            output_text(&out).contains(&says),
+            "{case}: wanted {says:?} in {}",
+            output_text(&out)
+        );
+    }
+    // Another cluster's segment under one of our names.
+    let other = c.scratch_dir("other")?;
+    let init = c
+        .as_server_user(&c.bindir.join("initdb"))
+        .args([
+            "-D",
+            other.join("data").to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-N",
+        ])
+        .output()?;
+    assert!(init.status.success(), "{}", output_text(&init));
+    let dir = archive_copy(&c, "damaged-foreign")?;
+    fs::remove_file(dir.join("000000010000000000000001.zst"))?;
+    fs::copy(
+        other.join("data/pg_wal/000000010000000000000001"),
+        dir.join("000000010000000000000001"),
+    )?;
+    c.chown(&dir)?;
+    let out = verify(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("000000010000000000000001: WAL header field xlp_sysid"),
+        "{}",
+        output_text(&out)
+    );
+    // A missing history file: fake a second timeline's segment.
+    let dir = archive_copy(&c, "damaged-history")?;
+    let second = format!("00000002{}", &last[8..]);
+    fs::copy(
+        c.archive.join(format!("{last}.zst")),
+        dir.join(format!("{second}.zst")),
+    )?;
+    c.chown(&dir)?;
+    let out = verify(&dir);
+    assert!(
+        output_text(&out).contains("timeline 2 has segments but no 00000002.history"),
+        "{}",
+        output_text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn restore_refuses_bad_input_and_leaves_nothing_half_written() -> Result<()> {
+    let c = compressed(1)?;
+    let seg = c.switch_wal()?;
+    c.wait_log_line(&format!("wal={seg} decision=archived"))?;
+    let dest_dir = c.scratch_dir("restored")?;
+    let restore = |name: &str, dest: &Path| c.walguard(&["restore", name, dest.to_str().unwrap()]);
+    // The normal case: byte-identical to what PostgreSQL wrote.
+    let out = restore(&seg, &dest_dir.join("RECOVERYXLOG"));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        fs::read(dest_dir.join("RECOVERYXLOG"))?
+            == fs::read(c.primary.data.join("pg_wal").join(&seg))?
+    );
+    // Not in the archive: exit 1, quietly.
+    let out = restore("00000009.history", &dest_dir.join("RECOVERYHISTORY"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(output_text(&out).is_empty(), "{}", output_text(&out));
+    // A malformed name, a destination in a missing directory.
+    let out = restore("../../etc/passwd", &dest_dir.join("x"));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(output_text(&out).contains("is not a WAL file name"));
+    let out = restore(&seg, &dest_dir.join("missing/RECOVERYXLOG"));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("cannot create"),
+        "{}",
+        output_text(&out)
+    );
+    // A damaged .zst: exit 2 naming it, and nothing at %p.
+    let broken = c.scratch_dir("broken")?;
+    let name = format!("{seg}.zst");
+    let mut bytes = fs::read(c.archive.join(&name))?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    fs::write(broken.join(&name), bytes)?;
+    c.chown(&broken)?;
+    let dest = dest_dir.join("FROM_BROKEN");
+    let out = c.walguard(&[
+        "--archive-dir",
+        broken.to_str().unwrap(),
+        "restore",
+        &seg,
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains(&format!("{}: ", broken.join(&name).display()))
+            || output_text(&out).contains(&name),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!dest.exists(), "a half-written file at %p");
+    assert_eq!(
+        fs::read_dir(&dest_dir)?.count(),
+        1,
+        "temporary files left: {:?}",
+        fs::read_dir(&dest_dir)?.collect::<Vec<_>>()
+    );
+    // An unreadable archive.
+    fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o000))?;
+    let out = c.walguard(&[
+        "--archive-dir",
+        broken.to_str().unwrap(),
+        "restore",
+        &seg,
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("Permission denied"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!dest.exists());
+    Ok(())
+}
