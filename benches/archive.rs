@@ -1,7 +1,8 @@
 //! `bench/run` (or `cargo bench --bench archive`): walguard's per-segment cost on a live
 //! primary with healthy streaming replicas, side by side with what operators use today,
-//! interleaved in one run and reported as ratios. Writes a Markdown table and the raw
-//! numbers to `target/walguard-bench/`; fails only on a broken run, never on a slow one.
+//! interleaved in one run and reported as ratios. Every command runs as the server's
+//! user, as PostgreSQL runs it. Writes a Markdown table and the raw numbers to
+//! `target/walguard-bench/`; fails only on a broken run, never on a slow one.
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
@@ -33,12 +34,6 @@ fn run(dir: &Path, cmd: &mut Command) -> Result<Duration> {
     Ok(took)
 }
 
-fn sh(script: &str) -> Command {
-    let mut c = Command::new("/bin/sh");
-    c.args(["-c", script]);
-    c
-}
-
 struct Stats {
     name: String,
     samples: Vec<f64>, // milliseconds
@@ -63,12 +58,18 @@ impl Stats {
     }
 }
 
-/// A method under test: given a fresh destination directory, archive the segment.
+/// A method under test: given a fresh destination directory, do the thing once.
 type Method<'a> = (&'a str, Box<dyn Fn(&Path) -> Result<Duration> + 'a>);
 
 /// Runs every method `rounds` times, rotating the order each round so that no method
-/// always runs first (cold) or last.
-fn interleave(rounds: usize, scratch: &Path, methods: &[Method]) -> Result<Vec<Stats>> {
+/// always runs first (cold) or last; each run gets a fresh directory the server's user
+/// owns.
+fn interleave(
+    c: &Cluster,
+    rounds: usize,
+    scratch: &Path,
+    methods: &[Method],
+) -> Result<Vec<Stats>> {
     let mut stats: Vec<Stats> = methods
         .iter()
         .map(|(name, _)| Stats {
@@ -83,6 +84,7 @@ fn interleave(rounds: usize, scratch: &Path, methods: &[Method]) -> Result<Vec<S
             n += 1;
             let dest = scratch.join(format!("d{n}"));
             fs::create_dir_all(&dest)?;
+            c.chown(&dest)?;
             let took = (methods[i].1)(&dest).with_context(|| format!("method {}", methods[i].0))?;
             stats[i].samples.push(took.as_secs_f64() * 1000.0);
             fs::remove_dir_all(&dest)?;
@@ -117,11 +119,11 @@ fn table(title: &str, base: &str, stats: &[Stats], out: &mut String) {
 }
 
 /// Peak resident memory of one run of `cmd`, in KiB, via GNU time.
-fn max_rss_kib(dir: &Path, args: &[&str]) -> Result<u64> {
-    let out = Command::new("/usr/bin/time")
+fn max_rss_kib(c: &Cluster, args: &[&str]) -> Result<u64> {
+    let out = c
+        .as_server_user(Path::new("/usr/bin/time"))
         .args(["-f", "%M"])
         .args(args)
-        .current_dir(dir)
         .stdout(Stdio::null())
         .output()
         .context("running /usr/bin/time (Debian package time)")?;
@@ -132,28 +134,60 @@ fn max_rss_kib(dir: &Path, args: &[&str]) -> Result<u64> {
         .context("no max RSS from /usr/bin/time")
 }
 
-/// A pgbackrest stanza on a fresh local repository, created untimed.
-fn pgbackrest_stanza(c: &Cluster, repo: &Path) -> Result<PathBuf> {
-    let conf = repo.join("pgbackrest.conf");
+/// A pgbackrest stanza on a fresh local repository in `dir`, created untimed.
+fn pgbackrest_stanza(c: &Cluster, dir: &Path) -> Result<PathBuf> {
+    let conf = dir.join("pgbackrest.conf");
     fs::write(
         &conf,
         format!(
-            "[global]\nrepo1-path={}\nlock-path={}\nlog-level-console=error\nlog-level-file=off\nstart-fast=y\n\
+            "[global]\nrepo1-path={}\nlock-path={}\nlog-path={}\nlog-level-console=error\nlog-level-file=off\nstart-fast=y\n\
              [bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user=postgres\n",
-            repo.join("repo").display(),
-            repo.join("lock").display(),
+            dir.join("repo").display(),
+            dir.join("lock").display(),
+            dir.join("log").display(),
             c.primary.data.display(),
             c.base.display(),
             c.primary.port
         ),
     )?;
+    c.chown(dir)?;
     run(
-        repo,
-        Command::new("pgbackrest")
+        dir,
+        c.as_server_user(Path::new("pgbackrest"))
             .arg(format!("--config={}", conf.display()))
             .args(["--stanza=bench", "stanza-create"]),
     )?;
     Ok(conf)
+}
+
+/// A shell command as the server's user.
+fn sh(c: &Cluster, script: &str) -> Command {
+    let mut cmd = c.as_server_user(Path::new("/bin/sh"));
+    cmd.args(["-c", script]);
+    cmd
+}
+
+/// The largest file under `dir` (a pgbackrest repository's one archived segment).
+fn largest_file(dir: &Path) -> Option<u64> {
+    let mut best = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let size = match entry.file_type().ok()? {
+            t if t.is_dir() => largest_file(&entry.path()),
+            _ => entry.metadata().ok().map(|m| m.len()),
+        };
+        best = best.max(size);
+    }
+    best
+}
+
+/// A segment file whose first page says it is segment `segno` of a cluster with 1 MiB
+/// segments: for a synthetic archive of thousands of segments (verify's speed), made
+/// from the real segment `real`'s first MiB.
+fn synthetic_segment(real: &[u8], segno: u64) -> Vec<u8> {
+    let mut b = real[..1 << 20].to_vec();
+    b[8..16].copy_from_slice(&(segno << 20).to_ne_bytes());
+    b[32..36].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+    b
 }
 
 fn main() -> Result<()> {
@@ -168,8 +202,38 @@ fn main() -> Result<()> {
 
     eprintln!("bench: starting a primary with 2 streaming replicas");
     let c = Cluster::start(WALGUARD.as_ref(), Options::default())?;
+    // Real WAL: a pgbench load (full-page images, index and heap records).
+    let client = |program: &str, args: &[&str]| -> Result<Duration> {
+        run(
+            &c.base,
+            c.as_server_user(&c.bindir.join(program))
+                .args([
+                    "-h",
+                    c.base.to_str().unwrap_or_default(),
+                    "-p",
+                    &c.primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .args(args),
+        )
+    };
+    eprintln!("bench: a pgbench load for real WAL");
+    client("pgbench", &["-i", "-s", "5", "-q", "postgres"])?;
+    client(
+        "pgbench",
+        &[
+            "-T",
+            if quick { "3" } else { "10" },
+            "-c",
+            "2",
+            "-n",
+            "postgres",
+        ],
+    )?;
     let seg = c.switch_wal()?;
     c.wait_archived(&seg, cluster::ARCHIVE_WAIT)?;
+    c.wait_caught_up(&["r1", "r2"])?;
     let data = c.primary.data.clone();
     let wal = format!("pg_wal/{seg}");
     let src = data.join(&wal);
@@ -177,17 +241,16 @@ fn main() -> Result<()> {
         fs::metadata(&src)?.len() == 16 << 20,
         "expected a 16 MiB segment"
     );
-    let scratch = c.base.join("bench");
-    fs::create_dir(&scratch)?;
+    let scratch = c.scratch_dir("bench")?;
     let config = c.config.display().to_string();
     let mut report = String::new();
     let mut raw = String::from("section,method,sample_ms\n");
+    let walguard = || c.as_server_user(Path::new(WALGUARD));
 
     // 1. The archive copy of one 16 MiB segment, into a fresh directory each time.
     // PostgreSQL runs archive_command right after it finishes a segment, so the file is
     // made just-finished (mtime now, untimed) for walguard, as in production; retries of
     // older files take walguard's sequential path, measured by the backlog below.
-    // `extra` adds settings (the metrics file, say) to the same invocation.
     let walguard_archive_with = |dest: &Path, extra: &[&str]| {
         fs::File::options()
             .write(true)
@@ -195,32 +258,25 @@ fn main() -> Result<()> {
             .set_modified(std::time::SystemTime::now())?;
         run(
             &data,
-            Command::new(WALGUARD)
+            walguard()
                 .args(["--config", &config, "--archive-dir"])
                 .arg(dest)
                 .args(extra)
                 .args(["archive", &wal, &seg]),
         )
     };
-    let walguard_archive = |dest: &Path| walguard_archive_with(dest, &[]);
-    let walguard_archive_no_header =
-        |dest: &Path| walguard_archive_with(dest, &["--header-check", "false"]);
-    let walguard_archive_metrics = |dest: &Path| {
-        let file = dest.join("walguard.prom");
-        walguard_archive_with(dest, &["--metrics-file", file.to_str().unwrap_or_default()])
-    };
     let cp_sync = |dest: &Path| {
         let d = dest.join(&seg);
         run(
             &data,
-            &mut sh(&format!("cp {wal} {0} && sync {0}", d.display())),
+            &mut sh(&c, &format!("cp {wal} {0} && sync {0}", d.display())),
         )
     };
     let test_cp = |dest: &Path| {
         let d = dest.join(&seg);
         run(
             &data,
-            &mut sh(&format!("test ! -f {0} && cp {wal} {0}", d.display())),
+            &mut sh(&c, &format!("test ! -f {0} && cp {wal} {0}", d.display())),
         )
     };
     let pgbr = |compress: &'static str| {
@@ -230,7 +286,7 @@ fn main() -> Result<()> {
             let conf = pgbackrest_stanza(c, dest)?;
             run(
                 &c.primary.data,
-                Command::new("pgbackrest")
+                c.as_server_user(Path::new("pgbackrest"))
                     .arg(format!("--config={}", conf.display()))
                     .args([
                         "--stanza=bench",
@@ -241,19 +297,6 @@ fn main() -> Result<()> {
             )
         }
     };
-    let mut methods: Vec<Method> = vec![
-        ("cp + sync (floor)", Box::new(cp_sync)),
-        ("walguard archive", Box::new(walguard_archive)),
-        (
-            "walguard archive + metrics_file",
-            Box::new(walguard_archive_metrics),
-        ),
-        (
-            "walguard archive, header_check = false",
-            Box::new(walguard_archive_no_header),
-        ),
-        ("test ! -f && cp (no fsync)", Box::new(test_cp)),
-    ];
     // The gate in front of pgBackRest: walguard deciding, then running the same push.
     let gated = |dest: &Path| -> Result<Duration> {
         let conf = pgbackrest_stanza(&c, dest)?;
@@ -263,7 +306,7 @@ fn main() -> Result<()> {
         );
         run(
             &data,
-            Command::new(WALGUARD).args([
+            walguard().args([
                 "--config",
                 &config,
                 "--archive-via",
@@ -274,18 +317,92 @@ fn main() -> Result<()> {
             ]),
         )
     };
+    let stored_zstd = std::cell::Cell::new(0u64);
+    let stored_pgbr_zst = std::cell::Cell::new(0u64);
+    let mut methods: Vec<Method> = vec![
+        ("cp + sync (floor)", Box::new(cp_sync)),
+        (
+            "walguard archive",
+            Box::new(|d: &Path| walguard_archive_with(d, &[])),
+        ),
+        (
+            "walguard archive + metrics_file",
+            Box::new(|d: &Path| {
+                let file = d.join("walguard.prom");
+                walguard_archive_with(d, &["--metrics-file", file.to_str().unwrap_or_default()])
+            }),
+        ),
+        (
+            "walguard archive, header_check = false",
+            Box::new(|d: &Path| walguard_archive_with(d, &["--header-check", "false"])),
+        ),
+        (
+            "walguard archive, zstd",
+            Box::new(|d: &Path| {
+                let took = walguard_archive_with(d, &["--compress", "zstd"])?;
+                stored_zstd.set(fs::metadata(d.join(format!("{seg}.zst")))?.len());
+                Ok(took)
+            }),
+        ),
+        ("test ! -f && cp (no fsync)", Box::new(test_cp)),
+    ];
     if have_pgbackrest {
         methods.push(("pgbackrest archive-push, none", Box::new(pgbr("none"))));
         methods.push(("pgbackrest archive-push, lz4", Box::new(pgbr("lz4"))));
+        let zst = pgbr("zst");
+        let stored = &stored_pgbr_zst;
+        methods.push((
+            "pgbackrest archive-push, zst",
+            Box::new(move |d: &Path| {
+                let took = zst(d)?;
+                stored.set(largest_file(&d.join("repo/archive")).unwrap_or(0));
+                Ok(took)
+            }),
+        ));
         methods.push(("walguard archive_via pgbackrest, none", Box::new(gated)));
+        // The gate alone: the decision and the hand-off's process, with nothing to push.
+        methods.push((
+            "walguard archive_via true (the gate alone)",
+            Box::new(|_: &Path| {
+                run(
+                    &data,
+                    walguard().args([
+                        "--config",
+                        &config,
+                        "--archive-via",
+                        "true",
+                        "archive",
+                        &wal,
+                        &seg,
+                    ]),
+                )
+            }),
+        ));
     }
     eprintln!("bench: archive copy, {rounds} interleaved rounds");
-    let copy = interleave(rounds, &scratch, &methods)?;
+    let copy = interleave(&c, rounds, &scratch, &methods)?;
+    drop(methods);
     table(
-        "Archiving one 16 MiB segment (fresh destination each run)",
+        "Archiving one 16 MiB segment of pgbench WAL (fresh destination each run)",
         "cp + sync (floor)",
         &copy,
         &mut report,
+    );
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let _ = writeln!(
+        report,
+        "\nBytes stored for the 16 MiB segment: walguard zstd (level 3) {:.2} MiB ({:.1}% of the original){}.",
+        mib(stored_zstd.get()),
+        100.0 * stored_zstd.get() as f64 / f64::from(16 << 20),
+        if stored_pgbr_zst.get() > 0 {
+            format!(
+                "; pgbackrest zst {:.2} MiB ({:.1}%)",
+                mib(stored_pgbr_zst.get()),
+                100.0 * stored_pgbr_zst.get() as f64 / f64::from(16 << 20)
+            )
+        } else {
+            String::new()
+        }
     );
 
     // 1b. The header check itself, in process: open, read the first page, check.
@@ -308,6 +425,98 @@ fn main() -> Result<()> {
         "\nThe header check itself (open, read 40 bytes, check; {checks} in a row, page cache warm): {header_us:.1} µs each.\n"
     );
 
+    // 1c. Restoring that segment: from a plain and a zstd archive, against cp and
+    // pgbackrest archive-get, into a fresh directory each time.
+    let plain = c.scratch_dir("restore-plain")?;
+    fs::copy(&src, plain.join(&seg))?;
+    let zstd_dir = c.scratch_dir("restore-zstd")?;
+    run(
+        &data,
+        walguard()
+            .args(["--config", &config, "--archive-dir"])
+            .arg(&zstd_dir)
+            .args(["--compress", "zstd", "archive", &wal, &seg]),
+    )?;
+    c.chown(&plain)?;
+    let pgbr_repo = c.scratch_dir("restore-pgbackrest")?;
+    let pgbr_conf = if have_pgbackrest {
+        let conf = pgbackrest_stanza(&c, &pgbr_repo)?;
+        run(
+            &data,
+            c.as_server_user(Path::new("pgbackrest"))
+                .arg(format!("--config={}", conf.display()))
+                .args([
+                    "--stanza=bench",
+                    "--compress-type=zst",
+                    "archive-push",
+                    &wal,
+                ]),
+        )?;
+        Some(conf)
+    } else {
+        None
+    };
+    let restore_from = |archive: &Path, dest: &Path| {
+        run(
+            &data,
+            walguard()
+                .args(["--config", &config, "--archive-dir"])
+                .arg(archive)
+                .args(["restore", &seg])
+                .arg(dest.join("RECOVERYXLOG")),
+        )
+    };
+    let mut restores: Vec<Method> = vec![
+        (
+            "cp (plain archive)",
+            Box::new(|d: &Path| {
+                run(
+                    &data,
+                    &mut sh(
+                        &c,
+                        &format!(
+                            "cp {} {}/RECOVERYXLOG",
+                            plain.join(&seg).display(),
+                            d.display()
+                        ),
+                    ),
+                )
+            }),
+        ),
+        (
+            "walguard restore (plain)",
+            Box::new(|d: &Path| restore_from(&plain, d)),
+        ),
+        (
+            "walguard restore (zstd)",
+            Box::new(|d: &Path| restore_from(&zstd_dir, d)),
+        ),
+    ];
+    if let Some(conf) = &pgbr_conf {
+        let (c, data, seg) = (&c, &data, &seg);
+        restores.push((
+            "pgbackrest archive-get (zst)",
+            Box::new(move |d: &Path| {
+                run(
+                    data,
+                    c.as_server_user(Path::new("pgbackrest"))
+                        .arg(format!("--config={}", conf.display()))
+                        .args(["--stanza=bench", "archive-get", seg])
+                        .arg(d.join("RECOVERYXLOG")),
+                )
+            }),
+        ));
+    }
+    eprintln!("bench: restore");
+    let restore = interleave(&c, rounds, &scratch, &restores)?;
+    drop(restores);
+    table(
+        "Restoring one 16 MiB segment (restore_command)",
+        "cp (plain archive)",
+        &restore,
+        &mut report,
+    );
+
     // 2. The decision alone vs a one-shot psql query of pg_stat_replication.
     let psql = c.bindir.join("psql");
     let conninfo = c.conninfo();
@@ -317,7 +526,7 @@ fn main() -> Result<()> {
             Box::new(|_: &Path| {
                 run(
                     &data,
-                    Command::new(&psql).args([
+                    c.as_server_user(&psql).args([
                         "-X",
                         "-A",
                         "-t",
@@ -331,16 +540,11 @@ fn main() -> Result<()> {
         ),
         (
             "walguard check",
-            Box::new(|_: &Path| {
-                run(
-                    &data,
-                    Command::new(WALGUARD).args(["--config", &config, "check", &seg]),
-                )
-            }),
+            Box::new(|_: &Path| run(&data, walguard().args(["--config", &config, "check", &seg]))),
         ),
     ];
     eprintln!("bench: decision");
-    let decide = interleave(rounds * 2, &scratch, &decision)?;
+    let decide = interleave(&c, rounds * 2, &scratch, &decision)?;
     table(
         "The decision alone",
         "psql -c 'select ... from pg_stat_replication'",
@@ -354,9 +558,9 @@ fn main() -> Result<()> {
     for target in [1usize, 8, 32] {
         while receivers.len() + 1 < target {
             let n = receivers.len() + 1;
-            let dir = c.base.join(format!("rw{n}"));
-            fs::create_dir(&dir)?;
-            let child = Command::new(c.bindir.join("pg_receivewal"))
+            let dir = c.scratch_dir(&format!("rw{n}"))?;
+            let child = c
+                .as_server_user(&c.bindir.join("pg_receivewal"))
                 .arg("-D")
                 .arg(&dir)
                 .args([
@@ -386,7 +590,7 @@ fn main() -> Result<()> {
             Box::new(|_: &Path| {
                 run(
                     &data,
-                    Command::new(WALGUARD).args([
+                    walguard().args([
                         "--config",
                         &config,
                         "--replicas",
@@ -401,7 +605,7 @@ fn main() -> Result<()> {
                 )
             }),
         )];
-        let mut s = interleave(rounds * 2, &scratch, &one)?.remove(0);
+        let mut s = interleave(&c, rounds * 2, &scratch, &one)?.remove(0);
         s.name = format!("{target} walsender(s)");
         scale.push(s);
     }
@@ -429,8 +633,7 @@ fn main() -> Result<()> {
     c.wait_caught_up(&["r1", "r2"])?;
     // The archiver is racing us on the same files; its copies go elsewhere and that is fine.
     let drain = |label: &str, each: &dyn Fn(&str, &Path) -> Result<Duration>| -> Result<Stats> {
-        let dest = scratch.join(label.replace(' ', "_"));
-        fs::create_dir_all(&dest)?;
+        let dest = c.scratch_dir(&format!("drain-{}", label.replace([' ', '+'], "_")))?;
         let start = Instant::now();
         for name in &names {
             each(name, &dest)?;
@@ -449,13 +652,16 @@ fn main() -> Result<()> {
             let d = dest.join(name);
             run(
                 &data,
-                &mut sh(&format!("cp pg_wal/{name} {0} && sync {0}", d.display())),
+                &mut sh(
+                    &c,
+                    &format!("cp pg_wal/{name} {0} && sync {0}", d.display()),
+                ),
             )
         })?);
         backlog_stats.push(drain("walguard archive", &|name, dest| {
             run(
                 &data,
-                Command::new(WALGUARD)
+                walguard()
                     .args(["--config", &config, "--archive-dir"])
                     .arg(dest)
                     .args(["archive", &format!("pg_wal/{name}"), name]),
@@ -477,47 +683,140 @@ fn main() -> Result<()> {
         let _ = writeln!(report, "| {label} | {} |", rates.join(", "));
     }
 
+    // 3c. verify over thousands of segments, against cat of the same files.
+    let segments = if quick { 300 } else { 3000 };
+    let compressed_segments = segments / 4;
+    let real = fs::read(&src)?;
+    let synthetic = c.scratch_dir("verify-plain")?;
+    let synthetic_zstd = c.scratch_dir("verify-zstd")?;
+    eprintln!("bench: a synthetic archive of {segments} 1 MiB segments");
+    for n in 1..=segments as u64 {
+        let name = format!("00000001{:08X}{:08X}", n >> 12, n & 0xFFF);
+        let bytes = synthetic_segment(&real, n);
+        if n <= compressed_segments as u64 {
+            fs::write(
+                synthetic_zstd.join(format!("{name}.zst")),
+                zstd::encode_all(&bytes[..], 3)?,
+            )?;
+        }
+        fs::write(synthetic.join(name), bytes)?;
+    }
+    c.chown(&synthetic)?;
+    c.chown(&synthetic_zstd)?;
+    // No server and no list: the headers alone say the segment size (1 MiB here).
+    let bare = scratch.join("verify.toml");
+    fs::write(&bare, "")?;
+    let verify_dir = |dir: &Path| {
+        run(
+            &data,
+            walguard()
+                .arg("--config")
+                .arg(&bare)
+                .arg("--archive-dir")
+                .arg(dir)
+                .arg("verify"),
+        )
+    };
+    // verify exits 0 only on a clean archive: check it is clean, untimed, first.
+    verify_dir(&synthetic)?;
+    verify_dir(&synthetic_zstd)?;
+    let cat = |dir: &Path| run(dir, &mut sh(&c, "cat -- * > /dev/null"));
+    let verifying: Vec<Method> = vec![
+        (
+            "cat of the plain files",
+            Box::new(|_: &Path| cat(&synthetic)),
+        ),
+        (
+            "walguard verify, plain",
+            Box::new(|_: &Path| verify_dir(&synthetic)),
+        ),
+        (
+            "cat of the .zst files",
+            Box::new(|_: &Path| cat(&synthetic_zstd)),
+        ),
+        (
+            "walguard verify, zstd",
+            Box::new(|_: &Path| verify_dir(&synthetic_zstd)),
+        ),
+    ];
+    eprintln!("bench: verify");
+    let verified = interleave(&c, if quick { 2 } else { 5 }, &scratch, &verifying)?;
+    let _ = writeln!(
+        report,
+        "\n### verify over {segments} segments of 1 MiB (plain) and {compressed_segments} compressed, against cat of the same files (page cache warm)\n"
+    );
+    let _ = writeln!(
+        report,
+        "| method | median ms | files per second | speed against cat |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|");
+    for pair in verified.chunks(2) {
+        let files = if pair[0].name.contains(".zst") {
+            compressed_segments
+        } else {
+            segments
+        } as f64;
+        for s in pair {
+            let _ = writeln!(
+                report,
+                "| {} | {:.1} | {:.0} | {:.2}x |",
+                s.name,
+                s.median(),
+                files / (s.median() / 1000.0),
+                pair[0].median() / s.median()
+            );
+        }
+    }
+
     // 4. Peak memory of one invocation.
-    let rss_dest = scratch.join("rss");
-    fs::create_dir_all(&rss_dest)?;
+    let rss_dest = c.scratch_dir("rss")?;
     let archive_rss = max_rss_kib(
-        &data,
+        &c,
         &[
             WALGUARD,
             "--config",
             &config,
             "--archive-dir",
-            rss_dest.to_str().unwrap(),
+            rss_dest.to_str().unwrap_or_default(),
             "archive",
             &wal,
             &seg,
         ],
     )?;
-    let check_rss = max_rss_kib(&data, &[WALGUARD, "--config", &config, "check", &seg])?;
-    let cp_rss = max_rss_kib(&data, &["cp", &wal, rss_dest.join("cp").to_str().unwrap()])?;
+    let check_rss = max_rss_kib(&c, &[WALGUARD, "--config", &config, "check", &seg])?;
+    let verify_rss = max_rss_kib(
+        &c,
+        &[
+            WALGUARD,
+            "--config",
+            bare.to_str().unwrap_or_default(),
+            "--archive-dir",
+            synthetic.to_str().unwrap_or_default(),
+            "verify",
+        ],
+    )?;
+    let cp_rss = max_rss_kib(
+        &c,
+        &["cp", &wal, rss_dest.join("cp").to_str().unwrap_or_default()],
+    )?;
     let _ = writeln!(report, "\n### Peak memory (max RSS) of one invocation\n");
     let _ = writeln!(report, "| command | max RSS |\n|---|---:|");
-    let _ = writeln!(
-        report,
-        "| walguard archive (16 MiB segment) | {:.1} MiB |",
-        archive_rss as f64 / 1024.0
-    );
-    let _ = writeln!(
-        report,
-        "| walguard check | {:.1} MiB |",
-        check_rss as f64 / 1024.0
-    );
-    let _ = writeln!(
-        report,
-        "| cp (same file) | {:.1} MiB |",
-        cp_rss as f64 / 1024.0
-    );
+    for (what, kib) in [
+        ("walguard archive (16 MiB segment)".to_string(), archive_rss),
+        ("walguard check".to_string(), check_rss),
+        (format!("walguard verify ({segments} segments)"), verify_rss),
+        ("cp (same file)".to_string(), cp_rss),
+    ] {
+        let _ = writeln!(report, "| {what} | {:.1} MiB |", kib as f64 / 1024.0);
+    }
 
     for s in copy
         .iter()
+        .chain(&restore)
         .chain(&decide)
         .chain(&scale)
         .chain(&backlog_stats)
+        .chain(&verified)
     {
         for v in &s.samples {
             let _ = writeln!(raw, "bench,{},{v:.3}", s.name.replace(',', ";"));
@@ -525,7 +824,7 @@ fn main() -> Result<()> {
     }
     let _ = writeln!(
         raw,
-        "rss_kib,walguard archive,{archive_rss}\nrss_kib,walguard check,{check_rss}\nrss_kib,cp,{cp_rss}"
+        "rss_kib,walguard archive,{archive_rss}\nrss_kib,walguard check,{check_rss}\nrss_kib,walguard verify,{verify_rss}\nrss_kib,cp,{cp_rss}\nheader_check_us,in process,{header_us:.2}"
     );
     let machine = format!(
         "{} cores, {}",

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::{Result, anyhow};
 use serde::Serialize;
 use walguard_core::decision;
-use walguard_core::observation::Pressure;
+use walguard_core::observation::{Observation, Pressure};
 use walguard_core::verify::Report;
 use walguard_core::wal::{SegmentId, WalFile};
 
@@ -57,10 +57,13 @@ struct VerifyView {
 }
 
 /// For each listed replica the server reports, whether it could recover.
-fn coverage(settings: &Settings, report: &Report) -> Result<Vec<ReplicaCoverage>> {
+fn coverage(
+    settings: &Settings,
+    report: &Report,
+    obs: &Observation,
+) -> Result<Vec<ReplicaCoverage>> {
     let list = gather::load_list(settings)?;
-    let obs = gather::observe(settings, None)?;
-    let extras = gather::extras(settings, &obs);
+    let extras = gather::extras(settings, obs);
     let in_pg_wal: BTreeSet<String> = extras
         .as_ref()
         .and_then(|x| x.pg_wal.clone())
@@ -82,7 +85,7 @@ fn coverage(settings: &Settings, report: &Report) -> Result<Vec<ReplicaCoverage>
     let subject = WalFile::Segment(SegmentId::containing(timeline, current, obs.segment_size));
     let verdict = decision::decide(
         &subject,
-        Some(&obs),
+        Some(obs),
         &Pressure::default(),
         &list,
         &settings.policy,
@@ -190,17 +193,25 @@ pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
     let dir = settings.archive_dir.as_deref().ok_or_else(|| {
         anyhow!("no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR")
     })?;
-    let mut report = Report::new(None, local::system_identifier(&settings.pgdata));
+    // The server, when it answers, says what every header must: an archive can be
+    // verified without it (the headers then set the segment size and the cluster).
+    let observed = match settings.replicas() {
+        Ok(_) => gather::observe(settings, None).map_err(|e| crate::exit::describe_error(&e)),
+        Err(_) => Err("no replicas list".to_string()),
+    };
+    let server = observed.as_ref().ok();
+    let sysid =
+        local::system_identifier(&settings.pgdata).or(server.and_then(|o| o.system_identifier));
+    let mut report = Report::new(server.map(|o| o.segment_size), sysid);
     let others = listing::scan(dir, |facts| report.add(facts))
         .hint("check archive_dir and that you may read it")?;
     let report = report.finish();
-    // The replicas part needs the server; an archive can be verified without one.
-    let (replicas, server) = match settings.replicas().is_ok() {
-        true => match coverage(settings, &report) {
+    let (replicas, server) = match &observed {
+        Ok(obs) => match coverage(settings, &report, obs) {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(crate::exit::describe_error(&e))),
         },
-        false => (None, Some("no replicas list".to_string())),
+        Err(why) => (None, Some(why.clone())),
     };
     let size = report.segment_size;
     let name = |tli: u32, segno: u64| {

@@ -72,20 +72,19 @@ fn facts(path: &Path, stored: &str, file: WalFile) -> FileFacts {
     facts
 }
 
-/// Calls `each` with the facts of every WAL file in `dir`, in directory order.
+/// Calls `each` with the facts of every WAL file in `dir`. Reading (decompressing, for
+/// `.zst` files) runs on every core, a file at a time each; `each` runs on the calling
+/// thread, in no particular order. Only names are held, never contents.
 pub fn scan(dir: &Path, mut each: impl FnMut(FileFacts)) -> Result<Others, StoreError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| StoreError::Io {
+    let listing_err = |source| StoreError::Io {
         what: "cannot list the archive directory",
         path: dir.to_path_buf(),
         source,
-    })?;
+    };
     let mut others = Others::default();
-    for entry in entries {
-        let entry = entry.map_err(|source| StoreError::Io {
-            what: "cannot list the archive directory",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    let mut work: Vec<(String, WalFile)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing_err)? {
+        let entry = entry.map_err(listing_err)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == TMP_DIR {
             others.temporary = std::fs::read_dir(entry.path()).map_or(0, |d| d.count());
@@ -96,9 +95,34 @@ pub fn scan(dir: &Path, mut each: impl FnMut(FileFacts)) -> Result<Others, Store
             .unwrap_or(&name)
             .parse::<WalFile>()
         {
-            Ok(file) => each(facts(&entry.path(), &name, file)),
+            Ok(file) => work.push((name, file)),
             Err(_) => others.foreign.push(name),
         }
     }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FileFacts>(workers * 2);
+        for _ in 0..workers {
+            let (tx, work, next) = (tx.clone(), &work, &next);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((name, file)) = work.get(i) else {
+                        break;
+                    };
+                    if tx.send(facts(&dir.join(name), name, file.clone())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for f in rx {
+            each(f);
+        }
+    });
     Ok(others)
 }
