@@ -130,6 +130,33 @@ Exit 0: clean. Exit 1: problems found (each is listed). Exit 2: could not verify
         #[arg(long)]
         json: bool,
     },
+    /// Delete archived WAL that no kept base backup, no listed replica and not --before
+    /// can still need
+    #[command(after_help = "\
+Examples:
+  walguard --config /etc/walguard/walguard.toml cleanup --keep-backups 2 --dry-run
+  walguard --config /etc/walguard/walguard.toml cleanup --keep-backups 2     # from cron
+  archive_cleanup_command = '/usr/local/bin/walguard --config /etc/walguard/walguard.toml cleanup --before %r'
+
+A file goes only when it is older than all of: what the N newest base backups need (their
+.backup labels in the archive), every listed replica's position, and --before. History
+files and the labels of kept backups stay. Exit 0: done (or nothing to do). Exit 1:
+refused: a listed replica is not connected or reports no position, or no backup label is
+in the archive. Exit 2: error.")]
+    Cleanup {
+        /// Show what would go, and why the oldest kept file stays; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep everything the N newest base backups need
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep_backups: Option<u32>,
+        /// Keep this segment and everything after it (%r in archive_cleanup_command)
+        #[arg(long, value_name = "WAL_NAME")]
+        before: Option<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Summarise the decision log: holds (how long, which replica), valve releases, errors
     #[command(after_help = "\
 Example:
@@ -164,6 +191,10 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
             "resolve", "timeout", "pgdata", "min_free", "max_retained", "max_hold", "source",
         ],
         "log" => &["log_file"],
+        "cleanup" => &[
+            "archive_dir", "replicas", "conninfo", "log_file", "position", "resolve", "timeout",
+            "pgdata", "source",
+        ],
         "restore" => &["archive_dir", "log_file", "timeout", "pgdata", "header_check"],
         "verify" => &[
             "archive_dir", "replicas", "conninfo", "position", "resolve", "timeout", "pgdata",

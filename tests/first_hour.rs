@@ -246,8 +246,10 @@ fn root_is_refused_and_a_root_owned_temp_area_is_explained() -> Result<()> {
     let out = as_root(&["archive", &format!("pg_wal/{seg}"), &seg])?;
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        output_text(&out).contains("walguard archive is running as root, but the data directory")
-            && output_text(&out).contains("runuser -u postgres"),
+        output_text(&out).contains(&format!(
+            "walguard archive is running as root, but {} belongs to postgres",
+            c.primary.data.display()
+        )) && output_text(&out).contains("runuser -u postgres"),
         "{}",
         output_text(&out)
     );

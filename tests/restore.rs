@@ -10,11 +10,10 @@ mod cluster;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use cluster::{ARCHIVE_WAIT, Cluster, Node, Options, output_text, wait_for};
+use anyhow::{Context, Result};
+use cluster::{ARCHIVE_WAIT, Cluster, Options, output_text, wait_for};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 
@@ -32,26 +31,6 @@ fn compressed(replicas: usize) -> Result<Cluster> {
     Ok(c)
 }
 
-/// Runs a PostgreSQL client program (pgbench, pg_basebackup) against the primary.
-fn client(c: &Cluster, program: &str, args: &[&str]) -> Result<Output> {
-    let out = c
-        .as_server_user(&c.bindir.join(program))
-        .args([
-            "-h",
-            c.base.to_str().unwrap(),
-            "-p",
-            &c.primary.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("{program} failed: {}", output_text(&out));
-    }
-    Ok(out)
-}
-
 /// The pgbench tables' contents, as one checksum (every row, in key order).
 const CHECKSUM: &str = "SELECT md5(
     (SELECT string_agg(a::text, ',' ORDER BY aid) FROM pgbench_accounts a) ||
@@ -59,88 +38,35 @@ const CHECKSUM: &str = "SELECT md5(
     (SELECT string_agg(b::text, ',' ORDER BY bid) FROM pgbench_branches b) ||
     coalesce((SELECT string_agg(h::text, ',' ORDER BY h.mtime, h.tid, h.aid, h.delta) FROM pgbench_history h), ''))";
 
-/// Waits until every segment the primary has finished is in the archive.
-fn archive_everything(c: &Cluster) -> Result<String> {
-    let last = c.switch_wal()?;
-    wait_for(&format!("{last} to be archived"), ARCHIVE_WAIT, || {
-        let archived = c.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
-        Ok(archived.is_some_and(|a| a >= last).then_some(()))
-    })?;
-    Ok(last)
-}
-
-/// A server made from the base backup in `backup`, recovering with walguard's
-/// restore_command and `settings`; not started.
-fn recovering_server(
-    c: &Cluster,
-    name: &str,
-    backup: &Path,
-    settings: &str,
-    standby: bool,
-) -> Result<Node> {
-    let node = Node {
-        name: name.into(),
-        data: c.base.join(name),
-        port: c.free_port()?,
-    };
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(backup)
-        .arg(&node.data)
-        .status()?;
-    anyhow::ensure!(copied.success(), "copying the base backup");
-    fs::write(
-        node.data.join("postgresql.auto.conf"),
-        format!(
-            "port = {}\narchive_mode = off\nrestore_command = '{} --config {} restore %f %p'\n{settings}\n",
-            node.port,
-            c.walguard.display(),
-            c.config.display()
-        ),
-    )?;
-    fs::write(
-        node.data.join(if standby {
-            "standby.signal"
-        } else {
-            "recovery.signal"
-        }),
-        "",
-    )?;
-    c.chown(&node.data)?;
-    Ok(node)
-}
-
 #[test]
 fn point_in_time_recovery_from_a_compressed_archive() -> Result<()> {
     let c = compressed(1)?;
-    client(&c, "pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
+    c.client("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
     let backup = c.base.join("backup");
-    client(
-        &c,
+    c.client(
         "pg_basebackup",
         &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
     )?;
-    client(&c, "pgbench", &["-T", "3", "-c", "2", "-n", "postgres"])?;
+    c.client("pgbench", &["-T", "3", "-c", "2", "-n", "postgres"])?;
     // The moment to recover to: no transaction commits around it.
     let want = c.query(CHECKSUM)?.context("no checksum")?;
     std::thread::sleep(Duration::from_millis(1100));
     let target = c.query("SELECT clock_timestamp()")?.context("no time")?;
     std::thread::sleep(Duration::from_millis(1100));
-    client(&c, "pgbench", &["-T", "2", "-c", "2", "-n", "postgres"])?;
+    c.client("pgbench", &["-T", "2", "-c", "2", "-n", "postgres"])?;
     assert_ne!(
         c.query(CHECKSUM)?.as_deref(),
         Some(want.as_str()),
         "the later load changed nothing"
     );
-    archive_everything(&c)?;
+    c.archive_everything()?;
     let zst = fs::read_dir(&c.archive)?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".zst"))
         .count();
     assert!(zst >= 3, "only {zst} compressed segments");
 
-    let pitr = recovering_server(
-        &c,
+    let pitr = c.recovering_server(
         "pitr",
         &backup,
         &format!("recovery_target_time = '{target}'\nrecovery_target_action = 'promote'"),
@@ -210,13 +136,12 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
         ),
     )?;
     let backup = c.base.join("backup");
-    client(
-        &c,
+    c.client(
         "pg_basebackup",
         &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
     )?;
     c.query("CREATE TABLE marks (what text); INSERT INTO marks VALUES ('before the failover')")?;
-    archive_everything(&c)?;
+    c.archive_everything()?;
     c.wait_caught_up(&["r1"])?;
 
     c.stop(&c.primary)?;
@@ -230,8 +155,7 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
     c.wait_log_line(&format!("wal={last} decision=archived"))?;
 
     // A standby from the old base backup, fed only by the archive (no primary_conninfo).
-    let standby = recovering_server(
-        &c,
+    let standby = c.recovering_server(
         "restored",
         &backup,
         "hot_standby = on\nrecovery_target_timeline = 'latest'",
@@ -292,7 +216,7 @@ fn verify_finds_every_kind_of_damage_and_calls_clean_clean() -> Result<()> {
     for _ in 0..5 {
         c.switch_wal()?;
     }
-    let last = archive_everything(&c)?;
+    let last = c.archive_everything()?;
     c.wait_caught_up(&["r1", "r2"])?;
     let verify = |dir: &Path| c.walguard(&["--archive-dir", dir.to_str().unwrap(), "verify"]);
     let clean = verify(&c.archive);

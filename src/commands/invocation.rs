@@ -63,11 +63,12 @@ impl Invocation {
                     Level::Error,
                     "error",
                     format!(
-                        "timed out after {after}; nothing was {}",
-                        if run.cmd == "restore" {
-                            "restored"
-                        } else {
-                            "archived"
+                        "timed out after {after}; {}",
+                        match run.cmd {
+                            "restore" => "nothing was restored",
+                            "cleanup" =>
+                                "the files deleted so far stay deleted, the rest stay: run cleanup again",
+                            _ => "nothing was archived",
                         }
                     ),
                 ),

@@ -3,6 +3,7 @@
 
 mod archive;
 mod check;
+mod cleanup;
 mod completions;
 mod gather;
 mod invocation;
@@ -39,18 +40,21 @@ pub fn run(cli: Cli) -> Exit {
 }
 
 /// A command that writes files must run as the server's user, as PostgreSQL runs it:
-/// one run as root leaves root-owned files that every later run trips over.
-fn refuse_root(cmd: &str, pgdata: &Path) -> Result<()> {
+/// one run as root leaves root-owned files that every later run trips over. `dir` is the
+/// directory whose owner that user is (the data directory, or the archive).
+fn refuse_root(cmd: &str, dir: &Path) -> Result<()> {
     if !sys::is_root() {
         return Ok(());
     }
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(pgdata)?);
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir)?);
     if owner != 0 {
         bail!(
-            "walguard {cmd} is running as root, but the data directory {} belongs to {}: \
+            "walguard {cmd} is running as root, but {} belongs to {}: \
              run it as the server's user, as PostgreSQL does (runuser -u {} -- walguard ...), \
              so that the files it creates stay usable",
-            pgdata.display(),
+            std::fs::canonicalize(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .display(),
             sys::describe_user(owner),
             sys::user_name(owner).unwrap_or_else(|| "postgres".into())
         );
@@ -72,9 +76,10 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         Guard::Check { wal_name } => ("check", wal_name.as_str()),
         Guard::Status { .. } => ("status", ""),
         Guard::Verify { .. } => ("verify", ""),
+        Guard::Cleanup { .. } => ("cleanup", ""),
         Guard::Log { .. } => ("log", ""),
     };
-    let writes = matches!(cmd, "archive" | "restore");
+    let writes = matches!(cmd, "archive" | "restore" | "cleanup");
     let run = Invocation {
         log: writes.then(|| DecisionLog::new(settings.log_file.clone())),
         cmd,
@@ -109,6 +114,27 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         Guard::Status { json, format } => {
             run.arm_watchdog(settings.timeout);
             status::run(&settings, if *json { Format::Json } else { *format })
+        }
+        Guard::Cleanup {
+            dry_run,
+            keep_backups,
+            before,
+            json,
+        } => {
+            run.arm_watchdog(settings.timeout);
+            let ask = cleanup::Ask {
+                dry_run: *dry_run,
+                keep_backups: keep_backups.map(|n| n as usize),
+                before: before.as_deref(),
+                json: *json,
+            };
+            // What cleanup touches is the archive (and the log): the archive's owner is
+            // the user to be.
+            let archive = settings
+                .archive_dir
+                .clone()
+                .unwrap_or_else(|| settings.pgdata.clone());
+            refuse_root(cmd, &archive).and_then(|()| cleanup::run(&run, &settings, &ask))
         }
         Guard::Verify { json } => {
             // Reading a large archive takes its time: no watchdog.

@@ -371,6 +371,81 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs a PostgreSQL client program (pgbench, pg_basebackup) against the primary, as
+    /// the server's user.
+    pub fn client(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let out = self
+            .as_server_user(&self.bindir.join(program))
+            .args([
+                "-h",
+                &self.base.display().to_string(),
+                "-p",
+                &self.primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("{program} failed: {}", output_text(&out));
+        }
+        Ok(out)
+    }
+
+    /// Finishes the current segment and waits until the archiver has archived it (and so
+    /// everything before it); returns its name.
+    pub fn archive_everything(&self) -> Result<String> {
+        let last = self.switch_wal()?;
+        wait_for(&format!("{last} to be archived"), ARCHIVE_WAIT, || {
+            let archived = self.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
+            Ok(archived.is_some_and(|a| a >= last).then_some(()))
+        })?;
+        Ok(last)
+    }
+
+    /// A server made from the base backup in `backup`, recovering with walguard's
+    /// restore_command and `settings` (standby or plain recovery); not started.
+    pub fn recovering_server(
+        &self,
+        name: &str,
+        backup: &Path,
+        settings: &str,
+        standby: bool,
+    ) -> Result<Node> {
+        let node = Node {
+            name: name.into(),
+            data: self.base.join(name),
+            port: free_port()?,
+        };
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(backup)
+            .arg(&node.data)
+            .status()?;
+        if !copied.success() {
+            bail!("copying the base backup {}", backup.display());
+        }
+        fs::write(
+            node.data.join("postgresql.auto.conf"),
+            format!(
+                "port = {}\narchive_mode = off\nrestore_command = '{} --config {} restore %f %p'\n{settings}\n",
+                node.port,
+                self.walguard.display(),
+                self.config.display()
+            ),
+        )?;
+        fs::write(
+            node.data.join(if standby {
+                "standby.signal"
+            } else {
+                "recovery.signal"
+            }),
+            "",
+        )?;
+        self.chown(&node.data)?;
+        Ok(node)
+    }
+
     /// A TCP port nobody listens on now.
     pub fn free_port(&self) -> Result<u16> {
         free_port()

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cleanup;
 pub mod decision;
 pub mod event;
 pub mod header;
