@@ -768,6 +768,72 @@ fn main() -> Result<()> {
         }
     }
 
+    // 3d. cleanup's decision over 100,000 archived names: in process (the pure plan), and
+    // end to end (listing a real directory of empty files, asking the server, a dry run).
+    let count = if quick { 10_000 } else { 100_000 };
+    let size16 = walguard_core::wal::SegmentSize::new(16 << 20)?;
+    let synthetic_names: Vec<walguard_core::cleanup::Archived> = (1..=count as u64)
+        .map(|n| {
+            let id = walguard_core::wal::SegmentId::containing(
+                1,
+                walguard_core::wal::Lsn(n << 24),
+                size16,
+            );
+            walguard_core::cleanup::Archived {
+                stored: format!("{id}.zst"),
+                file: walguard_core::wal::WalFile::Segment(id),
+            }
+        })
+        .chain((1..=10u64).map(|k| {
+            let id = walguard_core::wal::SegmentId::containing(
+                1,
+                walguard_core::wal::Lsn((k * count as u64 / 10) << 24),
+                size16,
+            );
+            walguard_core::cleanup::Archived {
+                stored: format!("{id}.00000028.backup"),
+                file: walguard_core::wal::WalFile::Backup(id, 0x28),
+            }
+        }))
+        .collect();
+    let replicas_at = [walguard_core::cleanup::Replica::At(
+        walguard_core::cleanup::Point {
+            timeline: 1,
+            lsn: walguard_core::wal::Lsn((count as u64) << 24),
+            who: "app:r1".into(),
+        },
+    )];
+    let started = Instant::now();
+    let plan = walguard_core::cleanup::plan(
+        &synthetic_names,
+        &Default::default(),
+        size16,
+        Some(2),
+        None,
+        &replicas_at,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let many = c.scratch_dir("cleanup-many")?;
+    for a in &synthetic_names {
+        fs::File::create(many.join(&a.stored))?;
+    }
+    c.chown(&many)?;
+    let dry = run(
+        &data,
+        walguard()
+            .args(["--config", &config, "--archive-dir"])
+            .arg(&many)
+            .args(["cleanup", "--keep-backups", "2", "--dry-run", "--json"])
+            .stdout(Stdio::null()),
+    )?;
+    let _ = writeln!(
+        report,
+        "\n### cleanup deciding over {count} archived names\n\n| what | ms |\n|---|---:|\n| the plan, in process ({} to delete) | {plan_ms:.1} |\n| `walguard cleanup --keep-backups 2 --dry-run` (list the directory, ask the server, plan, print) | {:.1} |",
+        plan.delete.len(),
+        dry.as_secs_f64() * 1000.0
+    );
+
     // 4. Peak memory of one invocation.
     let rss_dest = c.scratch_dir("rss")?;
     let archive_rss = max_rss_kib(
