@@ -196,7 +196,7 @@ fn bad_config_values_are_refused() {
         (&["--resolve", "maybe"], "invalid value 'maybe'"),
         (
             &["--conninfo", "host='unterminated"],
-            "conninfo is not a valid",
+            "conninfo: the value of \"host\" has no closing quote",
         ),
         (
             &["--config", "/nonexistent/walguard.toml"],
@@ -291,11 +291,8 @@ fn hung_database() -> u16 {
     port
 }
 
-#[test]
-fn the_timeout_is_hard_with_a_hung_database_and_a_closed_stderr() {
-    let s = Sandbox::new();
-    let port = hung_database();
-    // stderr is a pipe whose reader is gone: every write to it fails with EPIPE.
+/// A pipe whose reader is gone: every write to it fails with EPIPE.
+fn closed_pipe() -> std::os::fd::OwnedFd {
     let mut fds = [0; 2];
     // SAFETY: pipe(2) fills both descriptors; each is owned by exactly one OwnedFd below.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -307,7 +304,12 @@ fn the_timeout_is_hard_with_a_hung_database_and_a_closed_stderr() {
         )
     };
     drop(reader);
-    // No world-readable password warning: the first write to stderr is the watchdog's.
+    writer
+}
+
+/// Runs walguard with stderr a closed pipe; its exit status, or a panic after 30 s.
+fn run_with_closed_stderr(s: &Sandbox, args: &[&str]) -> std::process::ExitStatus {
+    // No world-readable password warning: the first write to stderr is the one tested.
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(
         s.path().join("walguard.toml"),
@@ -316,27 +318,61 @@ fn the_timeout_is_hard_with_a_hung_database_and_a_closed_stderr() {
     .unwrap();
     let started = std::time::Instant::now();
     let mut child = Command::new(WALGUARD)
-        .args(["--timeout", "2s", "--conninfo"])
-        .arg(format!(
-            "host=127.0.0.1 port={port} user=x connect_timeout=60"
-        ))
-        .args(["archive", &format!("pg_wal/{SEG}"), SEG])
+        .args(args)
         .current_dir(s.path())
         .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::from(closed_pipe()))
         .spawn()
         .unwrap();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
         if started.elapsed() > std::time::Duration::from_secs(30) {
             let _ = child.kill();
-            panic!("walguard did not exit 30 s after a 2 s timeout");
+            panic!("walguard did not exit 30 s after a 2 s timeout: {args:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn the_timeout_is_hard_with_a_hung_database_and_a_closed_stderr() {
+    let s = Sandbox::new();
+    let port = hung_database();
+    // The server accepts and never answers: the query is abandoned at half the budget.
+    let conninfo = format!("host=127.0.0.1 port={port} user=x connect_timeout=60");
+    let status = run_with_closed_stderr(
+        &s,
+        &[
+            "--timeout",
+            "2s",
+            "--conninfo",
+            &conninfo,
+            "archive",
+            &format!("pg_wal/{SEG}"),
+            SEG,
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    assert!(s.log().contains("did not answer within 1s"), "{}", s.log());
+    // Something that no deadline of its own covers (a copy from a FIFO nobody writes):
+    // the watchdog ends it, and its own writes to the closed stderr cannot stop it.
+    let fifo = s.path().join("pg_wal/00000003.history");
+    let made = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(made.as_ptr(), 0o600) }, 0);
+    let status = run_with_closed_stderr(
+        &s,
+        &[
+            "--timeout",
+            "2s",
+            "archive",
+            "pg_wal/00000003.history",
+            "00000003.history",
+        ],
+    );
     assert_eq!(status.code(), Some(2), "{status:?}");
     assert!(
         s.log()

@@ -55,6 +55,9 @@ fn explain(
     for w in &verdict.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
+    for n in gather::conninfo_notes(settings) {
+        let _ = writeln!(out, "note: {n}");
+    }
     out.push('\n');
     if let Some(t) = &verdict.valve {
         let _ = writeln!(

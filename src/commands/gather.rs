@@ -102,7 +102,8 @@ pub fn load_list(settings: &Settings) -> Result<Vec<Entry>> {
 pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observation> {
     let sql = || -> Result<Observation> {
         let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)?;
-        Ok(sql::observe(&target)?)
+        // Half the budget at most: the fallback, the valves and the copy need the rest.
+        Ok(sql::observe_within(&target, settings.timeout / 2)?)
     };
     let ps = || -> Result<Observation> {
         let bytes = segment_bytes.context(
@@ -138,6 +139,13 @@ pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observ
             })
         }),
     }
+}
+
+/// The conninfo keys that are accepted but change nothing, for `check` and `status`.
+pub fn conninfo_notes(settings: &Settings) -> Vec<String> {
+    Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)
+        .map(|t| t.notes().iter().map(|n| format!("conninfo: {n}")).collect())
+        .unwrap_or_default()
 }
 
 /// What `status` asks the server beyond the observation; `None` from process titles or

@@ -135,6 +135,8 @@ struct VerdictView {
     reasons: Vec<String>,
     /// What is wrong but holds nothing.
     warnings: Vec<String>,
+    /// Settings accepted but without effect (conninfo keys walguard ignores).
+    notes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -369,6 +371,7 @@ fn build(settings: &Settings) -> Result<StatusView> {
             held_since: since.filter(|_| state == State::Held),
             reasons,
             warnings: verdict.warnings.clone(),
+            notes: gather::conninfo_notes(settings),
         },
         source: obs.origin,
         segment_size: obs.segment_size.bytes(),
@@ -407,6 +410,9 @@ fn render(v: &StatusView) -> String {
     }
     for w in &v.verdict.warnings {
         let _ = writeln!(out, "warning: {w}");
+    }
+    for n in &v.verdict.notes {
+        let _ = writeln!(out, "note: {n}");
     }
     out.push('\n');
     let _ = writeln!(

@@ -6,3 +6,4 @@ pub mod conninfo;
 pub mod local;
 pub mod sql;
 pub mod titles;
+pub mod tls;

@@ -17,6 +17,11 @@ pub enum ObserveError {
     /// error.
     #[error("the server ({target}) does not accept connections now: {message}")]
     NotAccepting { target: String, message: String },
+    #[error("the server ({target}) did not answer within {}: a hung server or network", humantime::format_duration(*.after))]
+    NoAnswer {
+        target: String,
+        after: std::time::Duration,
+    },
     #[error("cannot connect to the primary ({target}): {source}")]
     Connect {
         target: String,
@@ -141,8 +146,7 @@ fn parse_row(row: &postgres::SimpleQueryRow) -> Result<Walsender, ObserveError> 
 fn connect(target: &Target) -> Result<postgres::Client, ObserveError> {
     let described = target.describe();
     target
-        .config()
-        .connect(postgres::NoTls)
+        .connect()
         .map_err(|source| match source.as_db_error() {
             Some(db) if *db.code() == postgres::error::SqlState::CANNOT_CONNECT_NOW => {
                 ObserveError::NotAccepting {
@@ -155,6 +159,26 @@ fn connect(target: &Target) -> Result<postgres::Client, ObserveError> {
                 source,
             },
         })
+}
+
+/// [`observe`], abandoned after `limit`: a server that accepts and never answers must not
+/// eat the whole invocation (the process-title fallback, the valves and the log line
+/// still need time). The thread left behind ends with the process.
+pub fn observe_within(
+    target: &Target,
+    limit: std::time::Duration,
+) -> Result<Observation, ObserveError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = target.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(observe(&owned));
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(ObserveError::NoAnswer {
+            target: target.describe(),
+            after: limit,
+        })
+    })
 }
 
 /// Connects once, reads everything, disconnects.
