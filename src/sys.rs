@@ -37,6 +37,59 @@ pub fn user_name(uid: u32) -> Option<String> {
     name.to_str().ok().map(str::to_string)
 }
 
+/// The user's primary group, if the user database knows the user.
+fn primary_gid(uid: u32) -> Option<u32> {
+    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in user_name: the reentrant call writes only into our buffers.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded and `found` points at `pwd`.
+    Some(unsafe { (*found).pw_gid })
+}
+
+/// The name of group `gid`, if the group database knows it.
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrgid_r writes only into `grp` and `buf` (whose length it is told), and
+    // sets `found` to `grp` or NULL.
+    let rc = unsafe {
+        libc::getgrgid_r(
+            gid,
+            grp.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: getgrgid_r succeeded and `found` points at `grp`, whose gr_name points into `buf`.
+    let name = unsafe { CStr::from_ptr((*found).gr_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
+/// True when `gid` is `uid`'s own group: its primary group, named like the user (the
+/// user-private-group convention), so group permissions give nobody else anything.
+pub fn is_private_group(uid: u32, gid: u32) -> bool {
+    primary_gid(uid) == Some(gid)
+        && group_name(gid).is_some_and(|g| user_name(uid).is_some_and(|u| u == g))
+}
+
 /// `name (uid N)`, or `uid N` for a user the database does not know.
 pub fn describe_user(uid: u32) -> String {
     match user_name(uid) {

@@ -112,8 +112,14 @@ fn malformed_and_path_like_names_are_refused() {
         let out = s.run(&["check", name]);
         assert_refused(&s, &out, "is not a WAL file name");
     }
+    // One error line per refused archive (check writes none), and nothing else.
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 8, "{}", s.log());
     assert!(
-        s.log().lines().all(|l| l.contains("decision=error")),
+        lines
+            .iter()
+            .all(|l| l.contains("decision=error") && l.contains("is not a WAL file name")),
         "{}",
         s.log()
     );
@@ -733,4 +739,108 @@ fn the_hook_never_sees_walguards_secrets() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(fs::read_to_string(&seen).unwrap(), "unset unset valve\n");
+}
+
+#[test]
+fn termination_signals_end_with_exit_2() {
+    let s = Sandbox::new();
+    let port = hung_database();
+    for (signal, name) in [
+        (libc::SIGTERM, "TERM"),
+        (libc::SIGINT, "INT"),
+        (libc::SIGHUP, "HUP"),
+    ] {
+        let mut child = Command::new(WALGUARD)
+            .args([
+                "--timeout",
+                "30s",
+                "--conninfo",
+                &format!("host=127.0.0.1 port={port} user=x"),
+            ])
+            .args(["archive", &format!("pg_wal/{SEG}"), SEG])
+            .current_dir(s.path())
+            .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(2), "SIG{name}: {status:?}");
+    }
+    assert!(s.archived().is_empty());
+}
+
+/// Runs walguard under strace with `strace_args`; the status and strace's output.
+fn under_strace(
+    s: &Sandbox,
+    strace_args: &[&str],
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let trace = s.path().join("strace.out");
+    let out = Command::new("strace")
+        .args(["-f", "-o"])
+        .arg(&trace)
+        .args(strace_args)
+        .arg(WALGUARD)
+        .args(args)
+        .current_dir(s.path())
+        .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
+        .output()
+        .expect("strace (Debian package strace; .ci/run installs it)");
+    (out.status, fs::read_to_string(trace).unwrap_or_default())
+}
+
+#[test]
+fn an_already_archived_file_is_made_durable_before_exit_0() {
+    let s = Sandbox::new();
+    let args = ["archive", "pg_wal/00000002.history", "00000002.history"];
+    assert_eq!(s.run(&args).status.code(), Some(0));
+    // The second run finds identical bytes: it must fsync the file and the directory
+    // (the run that wrote them may have crashed before its own fsyncs).
+    let (status, trace) = under_strace(&s, &["-e", "trace=fsync"], &args);
+    assert_eq!(status.code(), Some(0), "{trace}");
+    let fsyncs = trace.lines().filter(|l| l.contains("fsync(")).count();
+    assert!(
+        fsyncs >= 2,
+        "{fsyncs} fsync calls on the exists path:\n{trace}"
+    );
+    assert!(
+        s.log().lines().last().unwrap().contains("decision=exists"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn a_timeout_during_the_commit_waits_for_it_and_says_what_happened() {
+    let s = Sandbox::new();
+    // The second fsync of a fresh copy is the archive directory's, after the link: it is
+    // held for 3 s, past the 1 s timeout.
+    let (status, trace) = under_strace(
+        &s,
+        &[
+            "-e",
+            "trace=fsync",
+            "-e",
+            "inject=fsync:delay_exit=3000000:when=2",
+        ],
+        &[
+            "--timeout",
+            "1s",
+            "archive",
+            "pg_wal/00000002.history",
+            "00000002.history",
+        ],
+    );
+    let archived = s.path().join("archive/00000002.history");
+    assert!(archived.exists(), "{trace}");
+    assert_eq!(
+        fs::read(&archived).unwrap(),
+        fs::read(s.path().join("pg_wal/00000002.history")).unwrap()
+    );
+    // The file is in place, so the exit is 0 and no line says otherwise.
+    assert_eq!(status.code(), Some(0), "{}\n{trace}", s.log());
+    assert!(!s.log().contains("nothing was archived"), "{}", s.log());
 }

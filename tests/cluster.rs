@@ -267,11 +267,18 @@ fn unreachable_database_holds_with_exit_2() -> Result<()> {
     });
     let seg = c.switch_wal()?;
     c.wait_archived(&seg, ARCHIVE_WAIT)?;
+    // An archive directory that exists: the failed run must write nothing into it, even
+    // when it began copying a just-finished segment while it asked the server.
+    let nowhere = c.scratch_dir("nowhere")?;
+    std::fs::File::options()
+        .write(true)
+        .open(c.primary.data.join("pg_wal").join(&seg))?
+        .set_modified(std::time::SystemTime::now())?;
     let out = c.walguard(&[
         "--conninfo",
         "host=127.0.0.1 port=1 user=postgres password=hunter2",
         "--archive-dir",
-        c.base.join("nowhere").to_str().unwrap(),
+        nowhere.to_str().unwrap(),
         "archive",
         &format!("pg_wal/{seg}"),
         &seg,
@@ -283,6 +290,15 @@ fn unreachable_database_holds_with_exit_2() -> Result<()> {
         "{err}"
     );
     assert!(!err.contains("hunter2") && !c.log_text().contains("hunter2"));
-    assert!(!c.base.join("nowhere").exists());
+    let left: Vec<String> = fs::read_dir(&nowhere)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().all(|n| n == ".walguard-tmp"), "{left:?}");
+    assert_eq!(
+        fs::read_dir(nowhere.join(".walguard-tmp"))?.count(),
+        0,
+        "a temporary file left"
+    );
     Ok(())
 }

@@ -272,9 +272,87 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(c.last_log_line().contains("source=ps"));
 
+    // A server that accepts and never answers: SQL is abandoned at half the timeout, and
+    // the titles still decide within it.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let hung_port = hung.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hung.incoming() {
+            held.push(conn);
+        }
+    });
+    let started = Instant::now();
+    let out = c.walguard(&[
+        "--conninfo",
+        &format!("host=127.0.0.1 port={hung_port} user=postgres connect_timeout=60"),
+        "--source",
+        "auto",
+        "--timeout",
+        "6s",
+        "check",
+        &seg,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("positions from walsender process titles"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A base backup's walsender is no replica, in the titles too.
+    let backup = c.base.join("slow-backup");
+    let mut basebackup = c
+        .as_server_user(&c.bindir.join("pg_basebackup"))
+        .args([
+            "-D",
+            backup.to_str().unwrap(),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "--max-rate=32k",
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    wait_for(
+        "the base backup's walsender",
+        Duration::from_secs(30),
+        || {
+            let n = c.query("SELECT count(*) FROM pg_stat_replication WHERE state = 'backup'")?;
+            Ok((n.as_deref() == Some("1")).then_some(()))
+        },
+    )?;
+    // The backup's checkpoint may have recycled `seg`: decide about a newer segment.
+    let newer = c.switch_wal()?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    let during = c.walguard(&[wrong[0], wrong[1], "--source", "ps", "check", &newer]);
+    let _ = basebackup.kill();
+    let _ = basebackup.wait();
+    assert_eq!(during.status.code(), Some(0), "{}", output_text(&during));
+    assert!(
+        !output_text(&during).contains("UNLISTED"),
+        "{}",
+        output_text(&during)
+    );
+
     // One replica down: the titles show one walsender from 127.0.0.1, the list wants two.
     c.stop(c.replica("r2"))?;
-    let held = ask(&["--source", "ps"]);
+    let held = c.walguard(&[wrong[0], wrong[1], "--source", "ps", "check", &newer]);
     assert_eq!(held.status.code(), Some(1), "{}", output_text(&held));
     assert!(
         output_text(&held).contains("replica 127.0.0.1 not connected"),
@@ -375,5 +453,103 @@ fn prometheus_metrics_from_status_and_from_every_archive_pass_promtool() -> Resu
     let text = String::from_utf8_lossy(&down.stdout).into_owned();
     promtool(&text);
     assert!(text.contains("walguard_up 0\n"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn events_follow_walguards_own_outcomes() -> Result<()> {
+    let c = start()?;
+    let events = c.base.join("events");
+    let hook = format!(
+        "on_event = 'echo \"$WALGUARD_EVENT $WALGUARD_WAL\" >> {}'\n",
+        events.display()
+    );
+    c.write_config(&hook)?;
+    // The first attempt at a segment fails (the list is unreadable), then it is held: the
+    // hold is a first hold, whatever PostgreSQL's last_failed_wal says.
+    let list = fs::read_to_string(&c.list)?;
+    fs::write(&c.list, "10.0.0.1 10.0.0.2\n")?; // not a valid list
+    c.stop(c.replica("r2"))?;
+    let seg = c.switch_wal()?;
+    c.wait_log_line(&format!("wal={seg} decision=error"))?;
+    c.write_list(&list)?;
+    c.switch_wal()?; // wakes the archiver
+    c.wait_log_line(&format!("wal={seg} decision=held"))?;
+    wait_for("the held event", ARCHIVE_WAIT, || {
+        Ok(fs::read_to_string(&events)
+            .unwrap_or_default()
+            .contains(&format!("held {seg}"))
+            .then_some(()))
+    })?;
+    // r2 returns: the release of a held segment is an event, once.
+    c.start_node(c.replica("r2"))?;
+    c.wait_streaming(2)?;
+    c.switch_wal()?;
+    c.wait_log_line(&format!("wal={seg} decision=archived"))?;
+    let text = fs::read_to_string(&events)?;
+    assert_eq!(
+        text.matches(&format!("released {seg}")).count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(text.matches(&format!("held {seg}")).count(), 1, "{text}");
+    // A segment that errs and is then archived was never held: no released event (by
+    // hand, with a log of its own, so the archiver's own attempts do not mix in).
+    c.wait_caught_up(&["r1", "r2"])?;
+    let next = c.switch_wal()?;
+    c.wait_archived(&next, ARCHIVE_WAIT)?;
+    let other = c.scratch_dir("manual")?;
+    let own_log = c.base.join("manual.log");
+    fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o500))?;
+    let run = |dir: &std::path::Path| {
+        c.walguard(&[
+            "--log-file",
+            own_log.to_str().unwrap(),
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "archive",
+            &format!("pg_wal/{next}"),
+            &next,
+        ])
+    };
+    let before = fs::read_to_string(&events)?;
+    assert_eq!(run(&other).status.code(), Some(2));
+    fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let out = run(&other);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(
+        fs::read_to_string(&events)?,
+        before,
+        "an event after an error and an archive"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_just_finished_segment_that_is_held_leaves_nothing_behind() -> Result<()> {
+    let c = start()?;
+    c.stop(c.replica("r2"))?;
+    let seg = c.switch_wal()?;
+    c.wait_log_line(&format!("wal={seg} decision=held"))?;
+    let dest = c.scratch_dir("fresh")?;
+    // Just finished: the copy starts while the server is asked, and is dropped on a hold.
+    fs::File::options()
+        .write(true)
+        .open(c.primary.data.join("pg_wal").join(&seg))?
+        .set_modified(std::time::SystemTime::now())?;
+    let out = c.walguard(&[
+        "--archive-dir",
+        dest.to_str().unwrap(),
+        "archive",
+        &format!("pg_wal/{seg}"),
+        &seg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(!dest.join(&seg).exists());
+    assert_eq!(
+        fs::read_dir(dest.join(".walguard-tmp"))?.count(),
+        0,
+        "the staged copy was left behind"
+    );
     Ok(())
 }

@@ -23,11 +23,14 @@ fn certificates() -> Result<(String, String, String)> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name.push(DnType::CommonName, "walguard test CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "walguard test CA");
     let ca = ca.self_signed(&ca_key)?;
     let server_key = KeyPair::generate()?;
     let mut server = CertificateParams::new(vec!["localhost".to_string()])?;
-    server.distinguished_name.push(DnType::CommonName, "localhost");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let server = server.signed_by(&server_key, &ca, &ca_key)?;
     Ok((ca.pem(), server.pem(), server_key.serialize_pem()))
 }

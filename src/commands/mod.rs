@@ -70,6 +70,12 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             return Exit::Error;
         }
     };
+    if settings::password_in_arguments(std::env::args_os()) {
+        say(
+            "walguard: warning: a password in --conninfo is visible to every user in the process table; \
+             put it in the config file (mode 600), WALGUARD_CONNINFO, or ~/.pgpass",
+        );
+    }
     let (cmd, wal_name) = match &guard {
         Guard::Archive { wal_name, .. } => ("archive", wal_name.as_str()),
         Guard::Restore { wal_name, .. } => ("restore", wal_name.as_str()),

@@ -401,5 +401,45 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
             let s = summarise(lines(&text), SystemTime::now()).unwrap();
             prop_assert!(s.unparsable <= s.lines);
         }
+
+        /// Decision lines as the writer writes them, with garbage between: every one is
+        /// read, every decision counted, every garbage line counted as unparsable.
+        #[test]
+        fn written_lines_are_all_read_back(
+            entries in proptest::collection::vec((0usize..5, 0u32..4, proptest::option::of("[a-z:0-9]{1,8}"), "\\PC{0,20}"), 1..40),
+            garbage in proptest::collection::vec("[a-z ]{0,20}", 0..10),
+        ) {
+            use walguard_core::logfmt::{Level, format_line};
+            const DECISIONS: [&str; 5] = ["archived", "exists", "held", "valve", "error"];
+            let mut text = String::new();
+            let mut want: BTreeMap<String, u64> = BTreeMap::new();
+            let mut junk = 0;
+            for (i, (d, wal, blame, reason)) in entries.iter().enumerate() {
+                let mut fields = vec![
+                    ("cmd", "archive".to_string()),
+                    ("wal", format!("W{wal}")),
+                    ("decision", DECISIONS[*d].to_string()),
+                    ("reason", reason.clone()),
+                ];
+                if let Some(b) = blame {
+                    fields.push(("blame", b.clone()));
+                }
+                let ts = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i as u64);
+                text.push_str(&format_line(ts, Level::Info, 1, &fields));
+                *want.entry(DECISIONS[*d].to_string()).or_default() += 1;
+                if let Some(g) = garbage.get(i) {
+                    if !g.contains('=') {
+                        junk += 1;
+                        text.push_str(g);
+                        text.push('\n');
+                    }
+                }
+            }
+            let s = summarise(lines(&text), SystemTime::now()).unwrap();
+            prop_assert_eq!(s.lines, entries.len() as u64 + junk);
+            prop_assert_eq!(s.unparsable, junk);
+            prop_assert_eq!(&s.decisions, &want);
+            prop_assert_eq!(s.errors, want.get("error").copied().unwrap_or(0));
+        }
     }
 }

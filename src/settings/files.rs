@@ -1,16 +1,31 @@
-//! Reading the operator's files (config, replicas list) the careful way: a file that any
-//! user may write could make walguard archive too early or run any command as postgres.
+//! Reading the operator's files (config, replicas list) the careful way: a file that
+//! another user may write could make walguard archive too early or run any command as
+//! postgres (`on_event`, `archive_via`).
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// The file's text and mode; refused when it (or its open file) is world-writable.
+/// The file's text and mode; refused when every user may write it, or its group may and
+/// that group is not the owner's own (a user private group: same name, the owner's
+/// primary group), since every member of it could then change what walguard does.
 pub fn read_protected(path: &Path) -> io::Result<(String, u32)> {
     let mut file = File::open(path).map_err(|e| with_owner(path, e))?;
     // fstat on the open file: no window between checking and reading.
-    let mode = file.metadata()?.mode();
+    let meta = file.metadata()?;
+    let mode = meta.mode();
+    if mode & 0o020 != 0 && !crate::sys::is_private_group(meta.uid(), meta.gid()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it is writable by the group {} (mode {:o}), so any member could change what walguard does; run chmod g-w {}",
+                crate::sys::group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string()),
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
     if mode & 0o002 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -58,6 +73,30 @@ fn with_owner(path: &Path, e: io::Error) -> io::Error {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn group_writable_is_refused_unless_the_group_is_the_owners_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("walguard.toml");
+        std::fs::write(&f, "replicas = \"/x\"\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let me = crate::sys::euid();
+        let own = crate::sys::is_private_group(me, std::fs::metadata(&f).unwrap().gid());
+        assert_eq!(
+            read_protected(&f).is_ok(),
+            own,
+            "a private group may write; another may not"
+        );
+        // A group that is surely not the owner's own (daemon, gid 1), when we may chown.
+        if crate::sys::is_root() {
+            std::os::unix::fs::chown(&f, None, Some(1)).unwrap();
+            let err = read_protected(&f).unwrap_err().to_string();
+            assert!(
+                err.contains("writable by the group") && err.contains("chmod g-w"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn world_writable_is_refused() {

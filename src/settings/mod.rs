@@ -287,6 +287,23 @@ fn holds_password(text: &str) -> bool {
     })
 }
 
+/// True when a password was given on the command line (`--conninfo ...password...`):
+/// every user can read it in the process table while walguard runs.
+pub fn password_in_arguments(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--conninfo") {
+            Some("") => args.next(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        };
+        if value.is_some_and(|v| holds_password(&v)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Reads the config file (if any) and lays the command line and environment over it.
 pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError> {
     let file = match config {
@@ -426,6 +443,30 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(holds_password(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_is_noticed() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(password_in_arguments(args(&[
+            "walguard",
+            "--conninfo",
+            "host=a password=x",
+            "check",
+            "X"
+        ])));
+        assert!(password_in_arguments(args(&[
+            "walguard",
+            "--conninfo=postgresql://u:pw@h/db",
+            "status"
+        ])));
+        assert!(!password_in_arguments(args(&[
+            "walguard",
+            "--conninfo",
+            "host=a user=b",
+            "check",
+            "password"
+        ])));
     }
 
     #[test]

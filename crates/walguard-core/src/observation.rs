@@ -6,6 +6,30 @@ use std::time::Duration;
 
 use crate::wal::{Lsn, SegmentSize};
 
+/// `s` with control characters and the invisible formatting ones (bidirectional
+/// overrides, zero-width marks) written as `\u{...}`: an `application_name` is chosen by
+/// whoever connects, and must not rewrite the table it is printed in.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if !s.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if hidden(c) {
+                    format!("\\u{{{:x}}}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// One row of `pg_stat_replication`, as far as the decision needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Walsender {
@@ -51,7 +75,7 @@ impl Walsender {
         let app = if self.application_name.is_empty() {
             String::new()
         } else {
-            format!(" app {}", self.application_name)
+            format!(" app {}", printable(&self.application_name))
         };
         format!("pid {}{app} from {from}", self.pid)
     }
@@ -121,4 +145,23 @@ pub struct Space {
 pub struct Pressure {
     pub pg_wal_space: Option<Space>,
     pub segment_age: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_rewrite_a_table() {
+        assert_eq!(printable("r1"), "r1");
+        assert_eq!(printable("r1\x1b[2J\n"), "r1\\u{1b}[2J\\u{a}");
+        assert_eq!(printable("evil\u{202E}txt"), "evil\\u{202e}txt");
+        let ws = Walsender {
+            pid: 7,
+            application_name: "a\rb".into(),
+            state: Some("streaming".into()),
+            ..Walsender::default()
+        };
+        assert_eq!(ws.describe(), "pid 7 app a\\u{d}b from local socket");
+    }
 }

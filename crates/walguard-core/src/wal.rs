@@ -353,6 +353,17 @@ mod tests {
             }
         }
 
+        /// Every name of the four forms parses, to the kind it is, and prints back as it was.
+        #[test]
+        fn every_valid_name_round_trips(s in "[0-9A-F]{24}|[0-9A-F]{8}\\.history|[0-9A-F]{24}\\.[0-9A-F]{8}\\.backup|[0-9A-F]{24}\\.partial") {
+            let file = s.parse::<WalFile>();
+            prop_assert!(file.is_ok(), "{} did not parse", s);
+            let file = file.unwrap();
+            let kind = if s.ends_with(".history") { "history" } else if s.ends_with(".backup") { "backup" } else if s.ends_with(".partial") { "partial" } else { "segment" };
+            prop_assert_eq!(file.kind(), kind);
+            prop_assert_eq!(file.to_string(), s);
+        }
+
         #[test]
         fn containing_segment_round_trips(lsn in 0u64..u64::MAX - (1 << 30), tli: u32, shift in 20u32..=30) {
             let size = SegmentSize::new(1 << shift).unwrap();
