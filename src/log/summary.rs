@@ -427,12 +427,11 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
                 let ts = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i as u64);
                 text.push_str(&format_line(ts, Level::Info, 1, &fields));
                 *want.entry(DECISIONS[*d].to_string()).or_default() += 1;
-                if let Some(g) = garbage.get(i) {
-                    if !g.contains('=') {
-                        junk += 1;
-                        text.push_str(g);
-                        text.push('\n');
-                    }
+                if let Some(g) = garbage.get(i).filter(|g| !g.contains('=')) {
+                    junk += 1;
+                    text.push_str(g);
+                    text.push('\n');
+                }
                 }
             }
             let s = summarise(lines(&text), SystemTime::now()).unwrap();
