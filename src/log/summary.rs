@@ -432,7 +432,6 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
                     text.push_str(g);
                     text.push('\n');
                 }
-                }
             }
             let s = summarise(lines(&text), SystemTime::now()).unwrap();
             prop_assert_eq!(s.lines, entries.len() as u64 + junk);
