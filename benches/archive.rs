@@ -190,6 +190,139 @@ fn synthetic_segment(real: &[u8], segno: u64) -> Vec<u8> {
     b
 }
 
+/// Per-segment cost as the archiver pays it, for cp + sync and walguard as archive_command
+/// and walguard as archive_library: with archiving switched off, `burst` segments are
+/// finished (and replayed by the replicas); then the primary is given the method and
+/// reloaded, and the time until `pg_stat_archiver` reports the last one archived is
+/// divided by `burst`. Methods rotate over `rounds`; each gets a fresh archive.
+fn burst_cost(
+    c: &Cluster,
+    module: &Path,
+    burst: usize,
+    rounds: usize,
+) -> Result<(usize, Vec<Stats>, Vec<Stats>)> {
+    let library = c.base.join("walguard.so");
+    fs::copy(module, &library).context("copying the archive module")?;
+    let config = c.base.join("burst.toml");
+    c.configure(
+        &c.primary,
+        &format!("walguard.config = '{}'", config.display()),
+    )?;
+    let set = |library: &str, command: &str| -> Result<()> {
+        c.query(&format!("ALTER SYSTEM SET archive_library = '{library}'"))?;
+        c.query(&format!("ALTER SYSTEM SET archive_command = '{command}'"))?;
+        c.query("SELECT pg_reload_conf()")?;
+        Ok(())
+    };
+    let lib = library.display().to_string();
+    let walguard = c.walguard.display().to_string();
+    let methods: [(&str, &str, String); 3] = [
+        (
+            "cp + sync (archive_command)",
+            "",
+            "cp %p DEST/%f && sync DEST/%f".into(),
+        ),
+        (
+            "walguard archive (archive_command)",
+            "",
+            format!("{walguard} --config {} archive %p %f", config.display()),
+        ),
+        ("walguard module (archive_library)", &lib, String::new()),
+    ];
+    let mut stats: Vec<Stats> = methods
+        .iter()
+        .map(|(name, ..)| Stats {
+            name: name.to_string(),
+            samples: Vec::new(),
+        })
+        .collect();
+    let mut whole: Vec<Stats> = methods
+        .iter()
+        .map(|(name, ..)| Stats {
+            name: format!("{name}, whole burst"),
+            samples: Vec::new(),
+        })
+        .collect();
+    let mut watch = c.connect(&c.primary)?;
+    eprintln!("bench: archiver bursts of {burst} segments, {rounds} rounds");
+    c.archive_everything()?;
+    // Archiving off between bursts: each burst waits as .ready files.
+    set("", "")?;
+    for round in 0..rounds {
+        for k in 0..methods.len() {
+            let i = (round + k) % methods.len();
+            let (_, library, command) = &methods[i];
+            let mut last = String::new();
+            for _ in 0..burst {
+                last = c.switch_wal()?;
+            }
+            c.wait_caught_up(&["r1", "r2"])?;
+            let dest = c.scratch_dir(&format!("burst{round}-{i}"))?;
+            fs::write(
+                &config,
+                format!(
+                    "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"{}\"\n",
+                    dest.display(),
+                    c.list.display(),
+                    c.log.display(),
+                    c.conninfo()
+                ),
+            )?;
+            let started = Instant::now();
+            set(
+                library,
+                &command.replace("DEST", &dest.display().to_string()),
+            )?;
+            loop {
+                let done = watch
+                    .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])?
+                    .get::<_, Option<String>>(0)
+                    .is_some_and(|a| a >= last);
+                if done {
+                    break;
+                }
+                ensure!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "{} did not archive the burst",
+                    methods[i].0
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            whole[i]
+                .samples
+                .push(started.elapsed().as_secs_f64() * 1000.0 / burst as f64);
+            // The archive's files were written one after the other: from the first
+            // one's mtime to the last one's is the steady cost, without the reload.
+            let mut written = Vec::new();
+            for entry in fs::read_dir(&dest)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    written.push(entry.metadata()?.modified()?);
+                }
+            }
+            ensure!(
+                written.len() >= burst,
+                "{}: {} of {burst} segments in the archive",
+                methods[i].0,
+                written.len()
+            );
+            written.sort();
+            let span = written[written.len() - 1].duration_since(written[0])?;
+            stats[i]
+                .samples
+                .push(span.as_secs_f64() * 1000.0 / (written.len() - 1) as f64);
+            set("", "")?;
+            fs::remove_dir_all(&dest)?;
+        }
+    }
+    // Back to the command, as the cluster started.
+    set(
+        "",
+        &format!("{walguard} --config {} archive %p %f", c.config.display()),
+    )?;
+    Ok((burst, stats, whole))
+}
+
 fn main() -> Result<()> {
     let quick = std::env::var_os("WALGUARD_BENCH_QUICK").is_some();
     let rounds = if quick { 3 } else { 15 };
@@ -834,6 +967,82 @@ fn main() -> Result<()> {
         dry.as_secs_f64() * 1000.0
     );
 
+    // 5. The archive module against the command and cp + sync, as PostgreSQL's archiver
+    // runs them (burst_cost): the copy itself in process, for what the rest costs.
+    let module = std::env::var_os("WALGUARD_MODULE").map(PathBuf::from);
+    let bursts = match &module {
+        Some(module) => Some(burst_cost(
+            &c,
+            module,
+            if quick { 10 } else { 50 },
+            if quick { 1 } else { 5 },
+        )?),
+        None => None,
+    };
+    let copies = if quick { 20 } else { 100 };
+    let copy_dir = c.scratch_dir("copy-in-process")?;
+    let mut copy_ms = Vec::new();
+    for _ in 0..copies {
+        let _ = fs::remove_file(copy_dir.join(&seg));
+        let started = Instant::now();
+        walguard::store::copy::stage(
+            &src,
+            &copy_dir,
+            &seg,
+            Duration::from_secs(30),
+            walguard::store::copy::Compression::None,
+        )?
+        .commit(Some(16 << 20))?;
+        copy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let copy_itself = Stats {
+        name: "walguard's copy alone, in process".into(),
+        samples: copy_ms,
+    };
+    match &bursts {
+        Some((burst, stats, whole)) => {
+            let _ = writeln!(
+                report,
+                "\n### Per segment, as PostgreSQL's archiver runs it: bursts of {burst} finished 16 MiB segments\n"
+            );
+            let _ = writeln!(
+                report,
+                "| method | ms per segment, steady (median) | min–max | ratio to cp + sync | beyond walguard's copy | ms per segment, whole burst |"
+            );
+            let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|");
+            let floor = stats[0].median();
+            for (s, w) in stats.iter().zip(whole) {
+                let _ = writeln!(
+                    report,
+                    "| {} | {:.2} | {:.2}–{:.2} | {:.2}x | {:+.2} ms | {:.2} |",
+                    s.name,
+                    s.median(),
+                    s.min(),
+                    s.max(),
+                    s.median() / floor,
+                    s.median() - copy_itself.median(),
+                    w.median()
+                );
+            }
+            let _ = writeln!(
+                report,
+                "\nSteady: from the first archived file's mtime to the last one's, over the files between. Whole burst: from the reload that gives the archiver the method until pg_stat_archiver reports the last segment, over the burst (includes the reload, and the archiver's restart to load the module)."
+            );
+            let _ = writeln!(
+                report,
+                "\nwalguard's copy alone (temp file, fsync, link, directory fsync; {copies} runs in process, `store::copy`): {:.2} ms median. \
+\"Beyond walguard's copy\" is what the method costs per segment above it: the decision, the process start and connection (command), the log line.",
+                copy_itself.median()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                report,
+                "\nThe archive module was not measured: bench/run builds it when PostgreSQL 15's server headers are installed (WALGUARD_MODULE names it)."
+            );
+        }
+    }
+
     // 4. Peak memory of one invocation.
     let rss_dest = c.scratch_dir("rss")?;
     let archive_rss = max_rss_kib(
@@ -883,6 +1092,8 @@ fn main() -> Result<()> {
         .chain(&scale)
         .chain(&backlog_stats)
         .chain(&verified)
+        .chain(bursts.iter().flat_map(|(_, s, w)| s.iter().chain(w)))
+        .chain(std::iter::once(&copy_itself))
     {
         for v in &s.samples {
             let _ = writeln!(raw, "bench,{},{v:.3}", s.name.replace(',', ";"));

@@ -13,6 +13,10 @@ segment (PostgreSQL keeps it and retries), 2 error: nothing was archived, the me
 In postgresql.conf:
   archive_mode = on
   archive_command = 'walguard --config /etc/walguard/walguard.toml archive %p %f'
+or, on PostgreSQL 15, inside the server as an archive module (no process per segment;
+crates/walguard-pg builds it):
+  archive_library = 'walguard'
+  walguard.config = '/etc/walguard/walguard.toml'
 ";
 
 /// WAL-aware archive_command: archive a WAL segment only once every listed replica has
@@ -106,8 +110,8 @@ Example:
   walguard --config /etc/walguard/walguard.toml status --json | jq .verdict
   walguard --config /etc/walguard/walguard.toml status --format prometheus
 
-Exit 0: flowing. 1: held, or the segment being written will be. 2: archive_command is
-failing, or status could not ask. Works from any directory, on any host, as any role with
+Exit 0: flowing. 1: held, or the segment being written will be. 2: archiving is failing,
+or status could not ask. Works from any directory, on any host, as any role with
 pg_monitor (PostgreSQL 12+ lists the waiting files; 10 and 11 need the data directory).")]
     Status {
         /// Print JSON (a stable schema) instead of tables: the same as --format json

@@ -20,7 +20,7 @@ pub struct Snapshot {
     pub up: bool,
     /// Archiving is held now (or the segment being written will be).
     pub held: bool,
-    /// archive_command fails though walguard would archive.
+    /// Archiving (the command or the module) fails though walguard would archive.
     pub failing: bool,
     pub waiting_segments: Option<u64>,
     pub waiting_bytes: Option<u64>,
@@ -78,7 +78,7 @@ pub fn render(s: &Snapshot) -> String {
     family(
         &mut out,
         "walguard_failing",
-        "1 when archive_command fails although walguard would archive",
+        "1 when archiving fails although walguard would archive",
         &one(Some(flag(s.failing))),
     );
     family(

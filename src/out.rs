@@ -3,10 +3,25 @@
 //! can keep walguard from exiting while PostgreSQL's archiver waits.
 
 use std::io::Write as _;
+use std::sync::OnceLock;
+
+/// Where [`say`] goes instead of stderr, when set.
+static SINK: OnceLock<fn(&str)> = OnceLock::new();
+
+/// Sends every later [`say`] to `sink`: the archive module makes them server log
+/// messages (with the server's log_line_prefix). Only the first call counts.
+pub fn set_sink(sink: fn(&str)) {
+    let _ = SINK.set(sink);
+}
 
 /// One line to stderr; a failed write is ignored (the decision log has the facts).
 pub fn say(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
+    match SINK.get() {
+        Some(sink) => sink(text),
+        None => {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        }
+    }
 }
 
 /// A report to stdout; a failed write (a closed pipe) is an error, not a panic.

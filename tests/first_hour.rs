@@ -64,7 +64,7 @@ fn status_says_will_hold_held_and_failing_not_flowing() -> Result<()> {
     let failing = c.walguard(&["status"]);
     assert_eq!(failing.status.code(), Some(2), "{}", output_text(&failing));
     assert!(
-        output_text(&failing).starts_with("verdict: archive_command fails: the last attempt"),
+        output_text(&failing).starts_with("verdict: archiving fails: the last attempt"),
         "{}",
         output_text(&failing)
     );

@@ -92,10 +92,7 @@ fn scenario(major: u32) -> Result<()> {
 
     // r2 stops: the segments it has not replayed are held, and check and status say so.
     let r2 = c.replica("r2");
-    c.stop(r2)?;
-    let held: Vec<String> = (0..2).map(|_| c.switch_wal()).collect::<Result<_>>()?;
-    let line = c.wait_log_line(&format!("wal={} decision=held", held[0]))?;
-    assert!(line.contains("replica app:r2 not connected"), "{line}");
+    let (held, _) = c.hold_by_stopping("r2", 2)?;
     let check = c.walguard(&["check", &held[0]]);
     assert_eq!(check.status.code(), Some(1), "{}", output_text(&check));
     assert!(

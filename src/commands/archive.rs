@@ -9,7 +9,7 @@ use walguard_core::event::Event;
 use walguard_core::header::Expected;
 use walguard_core::wal::{Lsn, SegmentId, SegmentSize, WalFile};
 
-use super::gather::{self, Gathered, SHOWN, Undecided, verdict_fields};
+use super::gather::{self, Gathered, Observer, SHOWN, Undecided, verdict_fields};
 use super::invocation::Invocation;
 use super::views::{metric_replicas, replica_views};
 use crate::exit::{Exit, Hint, describe_error};
@@ -190,8 +190,14 @@ fn write_metrics(settings: &Settings, snapshot: metrics::Snapshot) {
     }
 }
 
-pub fn run(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
-    let result = archive(run, settings, wal_path, wal);
+pub fn run(
+    run: &Invocation,
+    settings: &Settings,
+    observer: Observer,
+    wal_path: &Path,
+    wal: &WalFile,
+) -> Result<Exit> {
+    let result = archive(run, settings, observer, wal_path, wal);
     if result.is_err() && settings.metrics_file.is_some() {
         write_metrics(settings, base_snapshot(settings, "error"));
     }
@@ -256,7 +262,13 @@ enum Road<'a> {
     Copy(&'a Path),
 }
 
-fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile) -> Result<Exit> {
+fn archive(
+    run: &Invocation,
+    settings: &Settings,
+    observer: Observer,
+    wal_path: &Path,
+    wal: &WalFile,
+) -> Result<Exit> {
     let road = match (
         settings.archive_via.as_deref(),
         settings.archive_dir.as_deref(),
@@ -276,11 +288,14 @@ fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
     // copy runs while the server is asked, and only becomes durable and visible if the
     // verdict says so. A retry (an older file) is more likely held: it is copied only
     // after the verdict, so an outage does not rewrite the archive's disk every second.
-    let fresh = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < FRESH);
+    // Inside the server, asking takes microseconds: nothing to overlap, and no thread is
+    // started in PostgreSQL's archiver.
+    let fresh = matches!(observer, Observer::Outside)
+        && meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < FRESH);
     // Segments are compressed as asked; history and backup-label files stay plain (small,
     // and read by people).
     let compression = match (wal, settings.compress) {
@@ -291,7 +306,7 @@ fn archive(run: &Invocation, settings: &Settings, wal_path: &Path, wal: &WalFile
     };
     let stage =
         |dir: &Path| archive_copy::stage(wal_path, dir, &run.wal, settings.timeout, compression);
-    let decide = || gather::decide(settings, wal, Some((wal_path, &meta)));
+    let decide = || gather::decide(settings, observer, wal, Some((wal_path, &meta)));
     let (gathered, early) = match road {
         Road::Copy(dir) if fresh => std::thread::scope(|scope| {
             let copying = scope.spawn(|| stage(dir));

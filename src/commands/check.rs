@@ -110,6 +110,7 @@ pub fn run(settings: &Settings, wal: &WalFile) -> Result<Exit> {
     let meta = std::fs::metadata(&in_pg_wal).ok();
     let g = gather::decide(
         settings,
+        gather::Observer::Outside,
         wal,
         meta.as_ref().map(|m| (in_pg_wal.as_path(), m)),
     )?;

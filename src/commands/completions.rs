@@ -49,7 +49,7 @@ names holds the archive too, unless unlisted = \"ignore\".";
 const EXIT: &str = "0: archive: the file is durably in the archive; check: it would be archived; \
 status: archiving flows. 1: held: a listed replica still needs the segment, and PostgreSQL keeps \
 it and retries (for status: held now, or the segment being written will be). 2: error: bad \
-input or configuration, the database unreachable, an I/O failure; for status: archive_command \
+input or configuration, the database unreachable, an I/O failure; for status: archiving \
 is failing. walguard never exits above 2 and never dies by a signal it can handle.";
 
 const FILES: &str = "/etc/walguard/walguard.toml: the settings, in TOML, as in SETTINGS below \

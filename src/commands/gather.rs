@@ -141,6 +141,25 @@ pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observ
     }
 }
 
+/// Where a decision's observation of the server comes from.
+#[derive(Clone, Copy)]
+pub enum Observer<'a> {
+    /// A connection, or the process titles, as `source` says: the commands.
+    Outside,
+    /// The server's shared memory, read from inside its archiver: the archive module
+    /// (`crates/walguard-pg`). It is the server whose `pg_wal` this is, by construction.
+    Inside(&'a dyn Fn() -> Result<Observation>),
+}
+
+impl Observer<'_> {
+    fn observe(self, settings: &Settings, segment_bytes: Option<u64>) -> Result<Observation> {
+        match self {
+            Observer::Outside => observe(settings, segment_bytes),
+            Observer::Inside(read) => read(),
+        }
+    }
+}
+
 /// The conninfo keys that are accepted but change nothing, for `check` and `status`.
 pub fn conninfo_notes(settings: &Settings) -> Vec<String> {
     Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)
@@ -223,6 +242,7 @@ fn wrong_size(
 /// Failures to observe or to read the list come back as [`Undecided`].
 pub fn decide(
     settings: &Settings,
+    observer: Observer,
     wal: &WalFile,
     file: Option<(&Path, &std::fs::Metadata)>,
 ) -> Result<Gathered> {
@@ -237,7 +257,7 @@ pub fn decide(
     let meta = file.map(|(_, m)| m);
     let undecided = |e: anyhow::Error| anyhow::Error::new(Undecided(describe_error(&e)));
     let list = load_list(settings).map_err(undecided)?;
-    let obs = match observe(settings, meta.map(|m| m.len())) {
+    let obs = match observer.observe(settings, meta.map(|m| m.len())) {
         Ok(obs) => obs,
         Err(e) => {
             let message = not_accepting(&e).ok_or_else(|| undecided(e))?;
@@ -248,10 +268,12 @@ pub fn decide(
             });
         }
     };
-    if let (Some(server), Some(local)) = (
-        obs.system_identifier,
-        local::system_identifier(&settings.pgdata),
-    ) && server != local
+    if matches!(observer, Observer::Outside)
+        && let (Some(server), Some(local)) = (
+            obs.system_identifier,
+            local::system_identifier(&settings.pgdata),
+        )
+        && server != local
     {
         bail!(Undecided(format!(
             "the server at conninfo has system identifier {server}, but the data directory {} has {local} \

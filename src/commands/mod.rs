@@ -93,11 +93,7 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         sysid: writes
             .then(|| local::system_identifier(&settings.pgdata))
             .flatten(),
-        via: settings
-            .archive_via
-            .as_deref()
-            .filter(|_| cmd == "archive")
-            .map(|v| crate::hook::first_word(v).to_string()),
+        via: via_of(&settings, cmd),
         started: Instant::now(),
     };
     let result = match &guard {
@@ -105,7 +101,9 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             run.arm_watchdog(settings.timeout);
             refuse_root(cmd, &settings.pgdata)
                 .and_then(|()| gather::parse_name(wal_name, cmd))
-                .and_then(|wal| archive::run(&run, &settings, wal_path, &wal))
+                .and_then(|wal| {
+                    archive::run(&run, &settings, gather::Observer::Outside, wal_path, &wal)
+                })
         }
         Guard::Restore { dest_path, .. } => {
             run.arm_watchdog(settings.timeout);
@@ -150,6 +148,20 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             log::run(file.as_deref().or(settings.log_file.as_deref()), *json)
         }
     };
+    conclude(&run, &settings, result)
+}
+
+/// The first word of `archive_via`, for the `via=` field of `archive` lines.
+fn via_of(settings: &settings::Settings, cmd: &str) -> Option<String> {
+    settings
+        .archive_via
+        .as_deref()
+        .filter(|_| cmd == "archive")
+        .map(|v| crate::hook::first_word(v).to_string())
+}
+
+/// A command's exit code; a failure is logged (`decision=error`) and said on stderr.
+fn conclude(run: &Invocation, settings: &settings::Settings, result: Result<Exit>) -> Exit {
     match result {
         Ok(exit) => exit,
         Err(e) => {
@@ -162,4 +174,43 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             Exit::Error
         }
     }
+}
+
+/// `archive` for one file from inside PostgreSQL's archiver: the archive module's way in
+/// (`crates/walguard-pg`). `config` is `walguard.config`; `read` observes the server from
+/// its shared memory; `sysid` is the cluster's system identifier. The same decision, copy
+/// and log line as the command, but no watchdog and no signal handlers: the process is
+/// PostgreSQL's, and an exit or a signal of ours would be its crash.
+pub fn archive_in_server(
+    config: &Path,
+    wal_path: &Path,
+    wal_name: &str,
+    sysid: u64,
+    read: &dyn Fn() -> Result<walguard_core::observation::Observation>,
+) -> Exit {
+    let settings = match settings::load(Some(config), Layer::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("walguard: error: {e}; {wal_name} stays in pg_wal"));
+            return Exit::Error;
+        }
+    };
+    let run = Invocation {
+        log: Some(DecisionLog::new(settings.log_file.clone())),
+        cmd: "archive",
+        wal: wal_name.to_string(),
+        sysid: Some(sysid),
+        via: via_of(&settings, "archive"),
+        started: Instant::now(),
+    };
+    let result = gather::parse_name(wal_name, "archive").and_then(|wal| {
+        archive::run(
+            &run,
+            &settings,
+            gather::Observer::Inside(read),
+            wal_path,
+            &wal,
+        )
+    });
+    conclude(&run, &settings, result)
 }

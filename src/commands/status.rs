@@ -110,7 +110,7 @@ pub enum State {
     WillHold,
     /// A listed replica still needs the oldest waiting segment.
     Held,
-    /// archive_command fails though walguard would archive: the archive is unusable.
+    /// Archiving (the command or the module) fails though walguard would archive: the archive is unusable.
     Failing,
 }
 
@@ -228,7 +228,7 @@ fn count(n: usize, thing: &str) -> String {
     }
 }
 
-/// Why archive_command fails although walguard would archive, when it does: walguard's
+/// Why archiving fails although walguard would archive, when it does: walguard's
 /// own last decision was an error, or (without a log) PostgreSQL's last failure is newer
 /// than its last success.
 fn failing(settings: &Settings, archiver: Option<&Archiver>) -> Option<String> {
@@ -236,7 +236,7 @@ fn failing(settings: &Settings, archiver: Option<&Archiver>) -> Option<String> {
         let last = crate::log::last_decision(path)?;
         return (last.decision == "error").then(|| {
             format!(
-                "archive_command fails: the last attempt ({} at {}) ended in an error: {}",
+                "archiving fails: the last attempt ({} at {}) ended in an error: {}",
                 last.wal, last.ts, last.reason
             )
         });
@@ -246,7 +246,7 @@ fn failing(settings: &Settings, archiver: Option<&Archiver>) -> Option<String> {
     let newer = a.last_archived_time.as_deref().is_none_or(|ok| failed > ok);
     newer.then(|| {
         format!(
-            "archive_command fails: PostgreSQL's last attempt ({} at {failed}) failed after its last success, \
+            "archiving fails: PostgreSQL's last attempt ({} at {failed}) failed after its last success, \
              though walguard would archive it; see the server log for walguard's message",
             a.last_failed_wal.as_deref().unwrap_or("?")
         )

@@ -120,6 +120,9 @@ pub struct Options {
     pub extra_config: String,
     /// PostgreSQL's server programs; `None` finds them (`find_bindir`).
     pub bindir: Option<PathBuf>,
+    /// walguard's archive module (the built `libwalguard_pg.so`): the primary loads it
+    /// as `archive_library` instead of running walguard as its archive_command.
+    pub archive_library: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -129,6 +132,7 @@ impl Default for Options {
             segment_mib: 16,
             extra_config: String::new(),
             bindir: None,
+            archive_library: None,
         }
     }
 }
@@ -228,12 +232,27 @@ impl Cluster {
         }
         cluster.pg("initdb", &initdb)?;
         let mut conf = cluster.server_conf(cluster.primary.port);
-        let _ = write!(
-            conf,
-            "archive_mode = on\narchive_command = '{} --config {} archive %p %f'\n",
-            cluster.walguard.display(),
-            cluster.config.display()
-        );
+        match &opts.archive_library {
+            Some(module) => {
+                let library = cluster.base.join("walguard.so");
+                fs::copy(module, &library).context("copying the archive module")?;
+                fs::set_permissions(&library, fs::Permissions::from_mode(0o755))?;
+                let _ = write!(
+                    conf,
+                    "archive_mode = on\narchive_library = '{}'\nwalguard.config = '{}'\n",
+                    library.display(),
+                    cluster.config.display()
+                );
+            }
+            None => {
+                let _ = write!(
+                    conf,
+                    "archive_mode = on\narchive_command = '{} --config {} archive %p %f'\n",
+                    cluster.walguard.display(),
+                    cluster.config.display()
+                );
+            }
+        }
         append(&data.join("postgresql.conf"), &conf)?;
         if opts.replicas > 0 {
             // A clean stop leaves a shutdown checkpoint the copies start from.
@@ -476,6 +495,26 @@ impl Cluster {
 
     pub fn start_node(&self, node: &Node) -> Result<()> {
         self.pg_ctl(node, "start")
+    }
+
+    /// Stops replica `name`, finishes `segments` segments and waits until walguard holds
+    /// the first: its decision line must name the replica as not connected (the other
+    /// replicas may be named too, when they had not reported replaying it yet), and
+    /// nothing from it on may be in the archive. Returns the segments and that line.
+    pub fn hold_by_stopping(&self, name: &str, segments: usize) -> Result<(Vec<String>, String)> {
+        self.stop(self.replica(name))?;
+        let held: Vec<String> = (0..segments)
+            .map(|_| self.switch_wal())
+            .collect::<Result<_>>()?;
+        let line = self.wait_log_line(&format!("wal={} decision=held", held[0]))?;
+        if !line.contains(&format!("replica app:{name} not connected")) {
+            bail!("the hold does not name {name}: {line}");
+        }
+        let archived = self.archived()?;
+        if archived.iter().any(|n| n >= &held[0]) {
+            bail!("archived past the stopped replica {name}: {archived:?}");
+        }
+        Ok((held, line))
     }
 
     /// Rewrites walguard.toml: the harness's settings plus `extra` lines.

@@ -31,8 +31,8 @@ impl Position {
     pub fn reported(self, origin: Origin, ws: &Walsender) -> Option<Lsn> {
         match (origin, self) {
             (Origin::Ps, _) => ws.sent,
-            (Origin::Sql, Position::Replay) => ws.replay,
-            (Origin::Sql, Position::Flush) => ws.flush,
+            (Origin::Sql | Origin::Shmem, Position::Replay) => ws.replay,
+            (Origin::Sql | Origin::Shmem, Position::Flush) => ws.flush,
         }
     }
 
@@ -40,8 +40,8 @@ impl Position {
     pub fn name(self, origin: Origin) -> &'static str {
         match (origin, self) {
             (Origin::Ps, _) => "sent",
-            (Origin::Sql, Position::Replay) => "replay",
-            (Origin::Sql, Position::Flush) => "flush",
+            (Origin::Sql | Origin::Shmem, Position::Replay) => "replay",
+            (Origin::Sql | Origin::Shmem, Position::Flush) => "flush",
         }
     }
 }
@@ -1140,6 +1140,39 @@ mod tests {
             &Policy::default(),
         );
         assert!(v.archive && v.valve.is_none());
+    }
+
+    #[test]
+    fn shared_memory_decides_like_sql() {
+        // The module's observation carries the same positions as pg_stat_replication:
+        // every position and policy gives the verdict SQL gives.
+        for (replay, flush) in [
+            (0x300_0000, 0x400_0000),
+            (0x400_0000, 0x400_0000),
+            (0, 0x300_0000),
+        ] {
+            let mut w = ws(1, "r1", None, Some(replay));
+            w.flush = Some(Lsn(flush));
+            for position in [Position::Replay, Position::Flush] {
+                let policy = Policy {
+                    position,
+                    ..Policy::default()
+                };
+                let sql = obs(vec![w.clone()]);
+                let shmem = Observation {
+                    origin: Origin::Shmem,
+                    ..sql.clone()
+                };
+                let (a, b) = (
+                    decide_list("app:r1", &sql, policy),
+                    decide_list("app:r1", &shmem, policy),
+                );
+                assert_eq!(
+                    (a.archive, a.need, a.reasons),
+                    (b.archive, b.need, b.reasons)
+                );
+            }
+        }
     }
 
     #[test]

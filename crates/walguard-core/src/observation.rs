@@ -89,6 +89,9 @@ pub enum Origin {
     Sql,
     /// walsender process titles: only the *sent* position, no application_name.
     Ps,
+    /// The server's shared memory, read by the archive module from inside the archiver:
+    /// the same positions as `pg_stat_replication`, with no connection.
+    Shmem,
 }
 
 impl Origin {
@@ -96,6 +99,7 @@ impl Origin {
         match self {
             Origin::Sql => "sql",
             Origin::Ps => "ps",
+            Origin::Shmem => "shmem",
         }
     }
 }
