@@ -200,7 +200,7 @@ fn burst_cost(
     module: &Path,
     burst: usize,
     rounds: usize,
-) -> Result<(usize, Vec<Stats>, Vec<Stats>)> {
+) -> Result<(usize, Vec<Stats>)> {
     let library = c.base.join("walguard.so");
     fs::copy(module, &library).context("copying the archive module")?;
     let config = c.base.join("burst.toml");
@@ -233,13 +233,6 @@ fn burst_cost(
         .iter()
         .map(|(name, ..)| Stats {
             name: name.to_string(),
-            samples: Vec::new(),
-        })
-        .collect();
-    let mut whole: Vec<Stats> = methods
-        .iter()
-        .map(|(name, ..)| Stats {
-            name: format!("{name}, whole burst"),
             samples: Vec::new(),
         })
         .collect();
@@ -288,9 +281,6 @@ fn burst_cost(
                 );
                 std::thread::sleep(Duration::from_millis(2));
             }
-            whole[i]
-                .samples
-                .push(started.elapsed().as_secs_f64() * 1000.0 / burst as f64);
             // The archive's files were written one after the other: from the first
             // one's mtime to the last one's is the steady cost, without the reload.
             let mut written = Vec::new();
@@ -320,7 +310,7 @@ fn burst_cost(
         "",
         &format!("{walguard} --config {} archive %p %f", c.config.display()),
     )?;
-    Ok((burst, stats, whole))
+    Ok((burst, stats))
 }
 
 fn main() -> Result<()> {
@@ -375,6 +365,10 @@ fn main() -> Result<()> {
         "expected a 16 MiB segment"
     );
     let scratch = c.scratch_dir("bench")?;
+    // A copy that outlives the segment in pg_wal (the last sections finish enough WAL
+    // for checkpoints to recycle it).
+    let kept = c.scratch_dir("kept")?.join(&seg);
+    fs::copy(&src, &kept)?;
     let config = c.config.display().to_string();
     let mut report = String::new();
     let mut raw = String::from("section,method,sample_ms\n");
@@ -754,69 +748,7 @@ fn main() -> Result<()> {
         &mut report,
     );
 
-    // 3b. A backlog of segments, as after a replica returns: throughput, walguard vs cp+sync.
-    let backlog = if quick { 20 } else { 500 };
-    c.stop(c.replica("r2"))?;
-    let mut names = Vec::new();
-    for _ in 0..backlog {
-        names.push(c.switch_wal()?);
-    }
-    c.start_node(c.replica("r2"))?;
-    c.wait_streaming(2)?;
-    c.wait_caught_up(&["r1", "r2"])?;
-    // The archiver is racing us on the same files; its copies go elsewhere and that is fine.
-    let drain = |label: &str, each: &dyn Fn(&str, &Path) -> Result<Duration>| -> Result<Stats> {
-        let dest = c.scratch_dir(&format!("drain-{}", label.replace([' ', '+'], "_")))?;
-        let start = Instant::now();
-        for name in &names {
-            each(name, &dest)?;
-        }
-        let secs = start.elapsed().as_secs_f64();
-        fs::remove_dir_all(&dest)?;
-        Ok(Stats {
-            name: label.to_string(),
-            samples: vec![backlog as f64 / secs],
-        })
-    };
-    eprintln!("bench: backlog of {backlog} segments");
-    let mut backlog_stats = Vec::new();
-    for _ in 0..if quick { 1 } else { 2 } {
-        backlog_stats.push(drain("cp + sync", &|name, dest| {
-            let d = dest.join(name);
-            run(
-                &data,
-                &mut sh(
-                    &c,
-                    &format!("cp pg_wal/{name} {0} && sync {0}", d.display()),
-                ),
-            )
-        })?);
-        backlog_stats.push(drain("walguard archive", &|name, dest| {
-            run(
-                &data,
-                walguard()
-                    .args(["--config", &config, "--archive-dir"])
-                    .arg(dest)
-                    .args(["archive", &format!("pg_wal/{name}"), name]),
-            )
-        })?);
-    }
-    let _ = writeln!(
-        report,
-        "\n### A backlog of {backlog} `.ready` segments after a replica returns\n"
-    );
-    let _ = writeln!(report, "| method | segments per second (each pass) |");
-    let _ = writeln!(report, "|---|---:|");
-    for label in ["cp + sync", "walguard archive"] {
-        let rates: Vec<String> = backlog_stats
-            .iter()
-            .filter(|s| s.name == label)
-            .map(|s| format!("{:.1}", s.samples[0]))
-            .collect();
-        let _ = writeln!(report, "| {label} | {} |", rates.join(", "));
-    }
-
-    // 3c. verify over thousands of segments, against cat of the same files.
+    // 3b. verify over thousands of segments, against cat of the same files.
     let segments = if quick { 300 } else { 3000 };
     let compressed_segments = segments / 4;
     let real = fs::read(&src)?;
@@ -901,7 +833,7 @@ fn main() -> Result<()> {
         }
     }
 
-    // 3d. cleanup's decision over 100,000 archived names: in process (the pure plan), and
+    // 3c. cleanup's decision over 100,000 archived names: in process (the pure plan), and
     // end to end (listing a real directory of empty files, asking the server, a dry run).
     let count = if quick { 10_000 } else { 100_000 };
     let size16 = walguard_core::wal::SegmentSize::new(16 << 20)?;
@@ -967,82 +899,6 @@ fn main() -> Result<()> {
         dry.as_secs_f64() * 1000.0
     );
 
-    // 5. The archive module against the command and cp + sync, as PostgreSQL's archiver
-    // runs them (burst_cost): the copy itself in process, for what the rest costs.
-    let module = std::env::var_os("WALGUARD_MODULE").map(PathBuf::from);
-    let bursts = match &module {
-        Some(module) => Some(burst_cost(
-            &c,
-            module,
-            if quick { 10 } else { 50 },
-            if quick { 1 } else { 5 },
-        )?),
-        None => None,
-    };
-    let copies = if quick { 20 } else { 100 };
-    let copy_dir = c.scratch_dir("copy-in-process")?;
-    let mut copy_ms = Vec::new();
-    for _ in 0..copies {
-        let _ = fs::remove_file(copy_dir.join(&seg));
-        let started = Instant::now();
-        walguard::store::copy::stage(
-            &src,
-            &copy_dir,
-            &seg,
-            Duration::from_secs(30),
-            walguard::store::copy::Compression::None,
-        )?
-        .commit(Some(16 << 20))?;
-        copy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    let copy_itself = Stats {
-        name: "walguard's copy alone, in process".into(),
-        samples: copy_ms,
-    };
-    match &bursts {
-        Some((burst, stats, whole)) => {
-            let _ = writeln!(
-                report,
-                "\n### Per segment, as PostgreSQL's archiver runs it: bursts of {burst} finished 16 MiB segments\n"
-            );
-            let _ = writeln!(
-                report,
-                "| method | ms per segment, steady (median) | min–max | ratio to cp + sync | beyond walguard's copy | ms per segment, whole burst |"
-            );
-            let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|");
-            let floor = stats[0].median();
-            for (s, w) in stats.iter().zip(whole) {
-                let _ = writeln!(
-                    report,
-                    "| {} | {:.2} | {:.2}–{:.2} | {:.2}x | {:+.2} ms | {:.2} |",
-                    s.name,
-                    s.median(),
-                    s.min(),
-                    s.max(),
-                    s.median() / floor,
-                    s.median() - copy_itself.median(),
-                    w.median()
-                );
-            }
-            let _ = writeln!(
-                report,
-                "\nSteady: from the first archived file's mtime to the last one's, over the files between. Whole burst: from the reload that gives the archiver the method until pg_stat_archiver reports the last segment, over the burst (includes the reload, and the archiver's restart to load the module)."
-            );
-            let _ = writeln!(
-                report,
-                "\nwalguard's copy alone (temp file, fsync, link, directory fsync; {copies} runs in process, `store::copy`): {:.2} ms median. \
-\"Beyond walguard's copy\" is what the method costs per segment above it: the decision, the process start and connection (command), the log line.",
-                copy_itself.median()
-            );
-        }
-        None => {
-            let _ = writeln!(
-                report,
-                "\nThe archive module was not measured: bench/run builds it when PostgreSQL 15's server headers are installed (WALGUARD_MODULE names it)."
-            );
-        }
-    }
-
     // 4. Peak memory of one invocation.
     let rss_dest = c.scratch_dir("rss")?;
     let archive_rss = max_rss_kib(
@@ -1085,6 +941,187 @@ fn main() -> Result<()> {
         let _ = writeln!(report, "| {what} | {:.1} MiB |", kib as f64 / 1024.0);
     }
 
+    // 5. A backlog of segments, as after a replica returns: throughput, walguard vs cp+sync.
+    let backlog = if quick { 20 } else { 500 };
+    // The server's archiving is off meanwhile: the backlog stays .ready, so no checkpoint
+    // recycles it before it is drained, and no archiver races the drain.
+    c.query("ALTER SYSTEM SET archive_command = ''")?;
+    c.query("SELECT pg_reload_conf()")?;
+    c.stop(c.replica("r2"))?;
+    let mut names = Vec::new();
+    for _ in 0..backlog {
+        names.push(c.switch_wal()?);
+    }
+    c.start_node(c.replica("r2"))?;
+    c.wait_streaming(2)?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    let drain = |label: &str, each: &dyn Fn(&str, &Path) -> Result<Duration>| -> Result<Stats> {
+        let dest = c.scratch_dir(&format!("drain-{}", label.replace([' ', '+'], "_")))?;
+        let start = Instant::now();
+        for name in &names {
+            each(name, &dest)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        fs::remove_dir_all(&dest)?;
+        Ok(Stats {
+            name: label.to_string(),
+            samples: vec![backlog as f64 / secs],
+        })
+    };
+    eprintln!("bench: backlog of {backlog} segments");
+    let mut backlog_stats = Vec::new();
+    for _ in 0..if quick { 1 } else { 2 } {
+        backlog_stats.push(drain("cp + sync", &|name, dest| {
+            let d = dest.join(name);
+            run(
+                &data,
+                &mut sh(
+                    &c,
+                    &format!("cp pg_wal/{name} {0} && sync {0}", d.display()),
+                ),
+            )
+        })?);
+        backlog_stats.push(drain("walguard archive", &|name, dest| {
+            run(
+                &data,
+                walguard()
+                    .args(["--config", &config, "--archive-dir"])
+                    .arg(dest)
+                    .args(["archive", &format!("pg_wal/{name}"), name]),
+            )
+        })?);
+    }
+    let _ = writeln!(
+        report,
+        "\n### A backlog of {backlog} `.ready` segments after a replica returns\n"
+    );
+    let _ = writeln!(report, "| method | segments per second (each pass) |");
+    let _ = writeln!(report, "|---|---:|");
+    for label in ["cp + sync", "walguard archive"] {
+        let rates: Vec<String> = backlog_stats
+            .iter()
+            .filter(|s| s.name == label)
+            .map(|s| format!("{:.1}", s.samples[0]))
+            .collect();
+        let _ = writeln!(report, "| {label} | {} |", rates.join(", "));
+    }
+    c.query("ALTER SYSTEM RESET archive_command")?;
+    c.query("SELECT pg_reload_conf()")?;
+
+    // 6. The archive module against the command and cp + sync, as PostgreSQL's archiver
+    // runs them (burst_cost): the copy itself in process, for what the rest costs. Last,
+    // with the backlog: both finish so many segments that checkpoints recycle the
+    // pgbench segment (`src`) the earlier sections read.
+    let module = std::env::var_os("WALGUARD_MODULE").map(PathBuf::from);
+    let bursts = match &module {
+        Some(module) => Some(burst_cost(
+            &c,
+            module,
+            if quick { 10 } else { 50 },
+            if quick { 1 } else { 5 },
+        )?),
+        None => None,
+    };
+    // The copy alone, and walguard's whole archive path with the observation handed in
+    // (what the module runs, less reading shared memory), alternating, in this process.
+    let copies = if quick { 20 } else { 100 };
+    let copy_dir = c.scratch_dir("copy-in-process")?;
+    let path_config = scratch.join("path.toml");
+    fs::write(
+        &path_config,
+        format!(
+            "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\npgdata = \"{}\"\n",
+            copy_dir.display(),
+            c.list.display(),
+            scratch.join("path.log").display(),
+            data.display()
+        ),
+    )?;
+    let target = walguard::observe::conninfo::Target::new(
+        Some(&conninfo),
+        Duration::from_secs(10),
+        &walguard::observe::conninfo::ProcessEnv,
+    )?;
+    let observed = walguard::observe::sql::observe_within(&target, Duration::from_secs(5))?;
+    let sysid = observed
+        .system_identifier
+        .context("the server reported no system identifier")?;
+    let (mut copy_ms, mut path_ms) = (Vec::new(), Vec::new());
+    for _ in 0..copies {
+        let _ = fs::remove_file(copy_dir.join(&seg));
+        let started = Instant::now();
+        walguard::store::copy::stage(
+            &kept,
+            &copy_dir,
+            &seg,
+            Duration::from_secs(30),
+            walguard::store::copy::Compression::None,
+        )?
+        .commit(Some(16 << 20))?;
+        copy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        fs::remove_file(copy_dir.join(&seg))?;
+        let started = Instant::now();
+        let exit = walguard::commands::archive_in_server(&path_config, &kept, &seg, sysid, &|| {
+            Ok(observed.clone())
+        });
+        path_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        ensure!(
+            exit == walguard::exit::Exit::Ok,
+            "the archive path in process did not archive: {exit:?}"
+        );
+    }
+    let in_process = [
+        Stats {
+            name: "walguard's copy alone (store::copy)".into(),
+            samples: copy_ms,
+        },
+        Stats {
+            name: "walguard's archive path, observation given (archive_in_server)".into(),
+            samples: path_ms,
+        },
+    ];
+    let (copy_alone, path) = (in_process[0].median(), in_process[1].median());
+    match &bursts {
+        Some((burst, stats)) => {
+            let _ = writeln!(
+                report,
+                "\n### Per segment, as PostgreSQL's archiver runs it: bursts of {burst} finished 16 MiB segments\n"
+            );
+            let _ = writeln!(
+                report,
+                "| method | ms per segment (median) | min–max | ratio to cp + sync |"
+            );
+            let _ = writeln!(report, "|---|---:|---:|---:|");
+            let floor = stats[0].median();
+            for s in stats {
+                let _ = writeln!(
+                    report,
+                    "| {} | {:.2} | {:.2}–{:.2} | {:.2}x |",
+                    s.name,
+                    s.median(),
+                    s.min(),
+                    s.max(),
+                    s.median() / floor
+                );
+            }
+            let _ = writeln!(
+                report,
+                "\nPer segment: from the first archived file's modification time to the last one's, over the files between (the archiver's whole cycle, without the reload that starts the burst)."
+            );
+        }
+        None => {
+            let _ = writeln!(
+                report,
+                "\nThe archive module was not measured: bench/run builds it when PostgreSQL 15's server headers are installed (WALGUARD_MODULE names it)."
+            );
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\nIn this process, alternating, {copies} times each: walguard's copy alone (temp file, fsync, link, directory fsync) {copy_alone:.2} ms; walguard's whole archive path with the observation handed in (settings and list read, decision, header check, copy, log line: what the module runs, less reading shared memory) {path:.2} ms. Everything but the copy: {:.2} ms per segment.",
+        path - copy_alone
+    );
+
     for s in copy
         .iter()
         .chain(&restore)
@@ -1092,8 +1129,8 @@ fn main() -> Result<()> {
         .chain(&scale)
         .chain(&backlog_stats)
         .chain(&verified)
-        .chain(bursts.iter().flat_map(|(_, s, w)| s.iter().chain(w)))
-        .chain(std::iter::once(&copy_itself))
+        .chain(bursts.iter().flat_map(|(_, s)| s))
+        .chain(&in_process)
     {
         for v in &s.samples {
             let _ = writeln!(raw, "bench,{},{v:.3}", s.name.replace(',', ";"));

@@ -125,6 +125,14 @@ fn module_holds_for_a_stopped_replica_and_releases_when_it_streams() -> Result<(
         "{}",
         output_text(&check)
     );
+    c.wait_caught_up(&["r1"])?;
+    let status = c.walguard(&["status"]);
+    assert_eq!(status.status.code(), Some(1), "{}", output_text(&status));
+    assert!(
+        output_text(&status).starts_with("verdict: held by app:r2 since "),
+        "{}",
+        output_text(&status)
+    );
     c.query("CHECKPOINT")?;
     let ready = c.ready()?;
     for name in &held {
