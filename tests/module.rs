@@ -1,34 +1,75 @@
 //! walguard as an archive module (`archive_library`, crates/walguard-pg) in a real
-//! PostgreSQL 15 primary with real streaming replicas: the same scenario as the command's
-//! (tests/cluster.rs), with the positions read from shared memory.
+//! primary with real streaming replicas, on each major it is built for (15, 16, 18): the
+//! same scenario as the command's (tests/cluster.rs), with the positions read from shared
+//! memory.
 //!
 //! The module is built here by crates/walguard-pg/build-module (in its own target
-//! directory; `WALGUARD_PG_CONFIG` picks the pg_config), or taken from `WALGUARD_MODULE`.
-//! Without PostgreSQL 15's server headers the tests say so and pass, unless
+//! directory), against the pg_config of the very install whose server then loads it:
+//! Debian's 15 (`WALGUARD_PG_CONFIG` picks another pg_config, `WALGUARD_MODULE` a built
+//! module), and for 16 and 18 the installs with headers that `.ci/fetch-pg-dev` puts in
+//! the cache (`$WALGUARD_PG_CACHE/devN`). Without them the tests say so and pass, unless
 //! `WALGUARD_REQUIRE_MODULE=1` (CI) makes that a failure.
 
 #[path = "support/cluster.rs"]
 mod cluster;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use cluster::{ARCHIVE_WAIT, Cluster, Options, find_bindir, is_contiguous, output_text, wait_for};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 
+/// Why a major cannot be tested here: a skip, or a failure under `WALGUARD_REQUIRE_MODULE`.
+fn unavailable<T>(why: String) -> Result<Option<T>> {
+    if std::env::var_os("WALGUARD_REQUIRE_MODULE").is_some() {
+        bail!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    Ok(None)
+}
+
+/// The server programs for `major`, with the pg_config to build against (`None`:
+/// build-module's default, Debian's 15).
+fn install(major: u32) -> Result<Option<(PathBuf, Option<PathBuf>)>> {
+    if major == 15 {
+        let Some(bindir) = find_bindir() else {
+            bail!("PostgreSQL 15's server programs were not found (apt-get install postgresql-15)");
+        };
+        if cluster::major_version(&bindir)? != 15 {
+            return unavailable(format!("{} is not PostgreSQL 15", bindir.display()));
+        }
+        return Ok(Some((
+            bindir,
+            std::env::var_os("WALGUARD_PG_CONFIG").map(PathBuf::from),
+        )));
+    }
+    let cache = std::env::var_os("WALGUARD_PG_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/walguard-pg"), PathBuf::from);
+    let bindir = cache.join(format!("dev{major}/bin"));
+    if !bindir.join("pg_config").exists() {
+        return unavailable(format!(
+            "no PostgreSQL {major} with server headers in {} (run .ci/fetch-pg-dev {major})",
+            bindir.display()
+        ));
+    }
+    let pg_config = bindir.join("pg_config");
+    Ok(Some((bindir, Some(pg_config))))
+}
+
 /// Builds the module with crates/walguard-pg/build-module (its exit 2: no headers here).
-fn build_module() -> Result<Option<PathBuf>> {
-    if let Some(given) = std::env::var_os("WALGUARD_MODULE") {
+fn build_module(major: u32, pg_config: Option<&Path>) -> Result<Option<PathBuf>> {
+    if major == 15
+        && let Some(given) = std::env::var_os("WALGUARD_MODULE")
+    {
         return Ok(Some(PathBuf::from(given)));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut build = Command::new(root.join("crates/walguard-pg/build-module"));
-    if let Some(pg_config) = std::env::var_os("WALGUARD_PG_CONFIG") {
-        build.arg(pg_config);
-    }
+    build.args(pg_config);
     // Its own target directory: the outer cargo's is busy with this very test run.
     let out = build
         .env("CARGO_TARGET_DIR", root.join("target/module"))
@@ -38,44 +79,62 @@ fn build_module() -> Result<Option<PathBuf>> {
         Some(0) => Ok(Some(PathBuf::from(
             String::from_utf8_lossy(&out.stdout).trim(),
         ))),
-        Some(2) if std::env::var_os("WALGUARD_REQUIRE_MODULE").is_none() => {
-            eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr).trim());
-            Ok(None)
-        }
+        Some(2) => unavailable(String::from_utf8_lossy(&out.stderr).trim().to_string()),
         _ => bail!("building the archive module failed:\n{}", output_text(&out)),
     }
 }
 
-/// The built module, once for all tests here; `None` when it cannot be built here.
-fn module() -> Option<PathBuf> {
-    static BUILT: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_module().map_err(|e| format!("{e:#}")))
-        .clone()
-        .expect("the archive module")
-}
-
-/// A PostgreSQL 15 cluster whose primary archives through the module; `None` (skipped)
-/// when the module cannot be built here.
-fn start(replicas: usize) -> Result<Option<Cluster>> {
-    let Some(module) = module() else {
+/// A cluster of `major` whose primary archives through the module; `None` (skipped) when
+/// the module cannot be built or loaded here. Builds run one at a time (they share a
+/// target directory and its output file), once per major.
+fn start(major: u32, replicas: usize) -> Result<Option<Cluster>> {
+    /// Each major's module, or why it could not be built.
+    type Built = Result<Option<PathBuf>, String>;
+    static BUILT: Mutex<BTreeMap<u32, Built>> = Mutex::new(BTreeMap::new());
+    let Some((bindir, pg_config)) = install(major)? else {
         return Ok(None);
     };
-    let Some(bindir) = find_bindir() else {
-        bail!("PostgreSQL 15's server programs were not found (apt-get install postgresql-15)");
+    let module = {
+        let mut built = BUILT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        built
+            .entry(major)
+            .or_insert_with(|| {
+                build_module(major, pg_config.as_deref()).map_err(|e| format!("{e:#}"))
+            })
+            .clone()
     };
-    if cluster::major_version(&bindir)? < 15 {
-        eprintln!("skipped: archive modules need PostgreSQL 15 or later");
+    let Some(module) = module.map_err(anyhow::Error::msg)? else {
         return Ok(None);
-    }
+    };
     let opts = Options {
         replicas,
         bindir: Some(bindir),
         archive_library: Some(module),
         ..Options::default()
     };
-    Ok(Some(Cluster::start(WALGUARD.as_ref(), opts)?))
+    let c = Cluster::start(WALGUARD.as_ref(), opts)?;
+    assert_eq!(c.major, major, "{}", c.bindir.display());
+    Ok(Some(c))
 }
+
+/// Both scenarios on every major the module is built for.
+macro_rules! on_majors {
+    ($($name:ident = $major:literal),*) => {$(
+        mod $name {
+            #[test]
+            fn module_holds_for_a_stopped_replica_and_releases_when_it_streams() -> anyhow::Result<()> {
+                super::holds_and_releases($major)
+            }
+            #[test]
+            fn module_failures_are_retries_not_archiver_restarts() -> anyhow::Result<()> {
+                super::failures_are_retries($major)
+            }
+        }
+    )*};
+}
+on_majors!(pg15 = 15, pg16 = 16, pg18 = 18);
 
 /// The `pid=` field of a decision-log line.
 fn pid_of(line: &str) -> &str {
@@ -90,9 +149,8 @@ fn archiver_pid(c: &Cluster) -> Result<String> {
         .context("no archiver in pg_stat_activity")
 }
 
-#[test]
-fn module_holds_for_a_stopped_replica_and_releases_when_it_streams() -> Result<()> {
-    let Some(c) = start(2)? else {
+fn holds_and_releases(major: u32) -> Result<()> {
+    let Some(c) = start(major, 2)? else {
         return Ok(());
     };
     let archiver = archiver_pid(&c)?;
@@ -164,9 +222,8 @@ fn module_holds_for_a_stopped_replica_and_releases_when_it_streams() -> Result<(
     Ok(())
 }
 
-#[test]
-fn module_failures_are_retries_not_archiver_restarts() -> Result<()> {
-    let Some(c) = start(1)? else {
+fn failures_are_retries(major: u32) -> Result<()> {
+    let Some(c) = start(major, 1)? else {
         return Ok(());
     };
     c.archive_everything()?;

@@ -1,4 +1,4 @@
-//! walguard as a PostgreSQL archive module (PostgreSQL 15):
+//! walguard as a PostgreSQL archive module (PostgreSQL 15 to 18):
 //!
 //! ```text
 //! archive_library = 'walguard'
@@ -48,18 +48,92 @@ pub extern "C-unwind" fn _PG_init() {
     walguard::out::set_sink(server_log);
 }
 
-/// PostgreSQL 15's entry point for archive modules.
+/// PostgreSQL 15's entry point for archive modules: fill in the archiver's struct.
 ///
 /// # Safety
 /// Called by the archiver with a valid callbacks struct to fill.
+#[cfg(feature = "pg15")]
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn _PG_archive_module_init(cb: *mut pg_sys::ArchiveModuleCallbacks) {
+    /// # Safety
+    /// The archiver passes two NUL-terminated strings.
+    #[pg_guard]
+    unsafe extern "C-unwind" fn archive_file_cb(file: *const c_char, path: *const c_char) -> bool {
+        // SAFETY: as this function's.
+        unsafe { archive_file(file, path) }
+    }
+    #[pg_guard]
+    extern "C-unwind" fn check_configured_cb() -> bool {
+        config_path().is_some()
+    }
     // SAFETY: `cb` is the archiver's struct, valid for this call.
     if let Some(cb) = unsafe { cb.as_mut() } {
-        cb.check_configured_cb = Some(check_configured);
-        cb.archive_file_cb = Some(archive_file);
+        cb.check_configured_cb = Some(check_configured_cb);
+        cb.archive_file_cb = Some(archive_file_cb);
         cb.shutdown_cb = None;
+    }
+}
+
+/// PostgreSQL 16 and later: the entry point returns a constant table, and every callback
+/// gets a state pointer (unused: walguard keeps nothing between files). pgrx has no
+/// binding for these (archive/archive_module.h), so they are declared here as the header
+/// has them; the table is the same from 16 to 18.
+#[cfg(not(feature = "pg15"))]
+mod since16 {
+    use std::ffi::{c_char, c_void};
+
+    use pgrx::pg_guard;
+
+    #[repr(C)]
+    pub struct ArchiveModuleState {
+        private_data: *mut c_void,
+    }
+
+    type StateCb = unsafe extern "C-unwind" fn(*mut ArchiveModuleState);
+
+    #[repr(C)]
+    pub struct ArchiveModuleCallbacks {
+        startup_cb: Option<StateCb>,
+        check_configured_cb: Option<unsafe extern "C-unwind" fn(*mut ArchiveModuleState) -> bool>,
+        archive_file_cb: Option<
+            unsafe extern "C-unwind" fn(
+                *mut ArchiveModuleState,
+                *const c_char,
+                *const c_char,
+            ) -> bool,
+        >,
+        shutdown_cb: Option<StateCb>,
+    }
+
+    /// # Safety
+    /// The archiver passes two NUL-terminated strings.
+    #[pg_guard]
+    unsafe extern "C-unwind" fn archive_file_cb(
+        _state: *mut ArchiveModuleState,
+        file: *const c_char,
+        path: *const c_char,
+    ) -> bool {
+        // SAFETY: as this function's.
+        unsafe { super::archive_file(file, path) }
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn check_configured_cb(_state: *mut ArchiveModuleState) -> bool {
+        super::config_path().is_some()
+    }
+
+    static CALLBACKS: ArchiveModuleCallbacks = ArchiveModuleCallbacks {
+        startup_cb: None,
+        check_configured_cb: Some(check_configured_cb),
+        archive_file_cb: Some(archive_file_cb),
+        shutdown_cb: None,
+    };
+
+    #[pg_guard]
+    #[unsafe(no_mangle)]
+    pub extern "C-unwind" fn _PG_archive_module_init() -> *const ArchiveModuleCallbacks {
+        &CALLBACKS
     }
 }
 
@@ -85,16 +159,13 @@ fn config_path() -> Option<PathBuf> {
         .map(|c| PathBuf::from(c.to_string_lossy().into_owned()))
 }
 
-/// Without `walguard.config` PostgreSQL does not archive, and says so in its log.
-#[pg_guard]
-unsafe extern "C-unwind" fn check_configured() -> bool {
-    config_path().is_some()
-}
-
 /// One WAL file: `true` once it is durably archived (or identical bytes already were),
-/// `false` to keep it in pg_wal and retry.
-#[pg_guard]
-unsafe extern "C-unwind" fn archive_file(file: *const c_char, path: *const c_char) -> bool {
+/// `false` to keep it in pg_wal and retry. Without `walguard.config` PostgreSQL does not
+/// call it (`check_configured_cb`), and says so in its log.
+///
+/// # Safety
+/// `file` and `path` are NUL-terminated strings.
+unsafe fn archive_file(file: *const c_char, path: *const c_char) -> bool {
     // SAFETY: the archiver passes two NUL-terminated strings, valid for this call.
     let (file, path) = unsafe {
         (

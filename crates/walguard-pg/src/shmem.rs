@@ -153,7 +153,7 @@ fn connections() -> HashMap<i32, Connection> {
     unsafe {
         pg_sys::pgstat_clear_backend_activity_snapshot();
         for beid in 1..=pg_sys::pgstat_fetch_stat_numbackends() {
-            let local = pg_sys::pgstat_fetch_stat_local_beentry(beid);
+            let local = local_beentry(beid);
             if local.is_null() {
                 continue;
             }
@@ -174,6 +174,16 @@ fn connections() -> HashMap<i32, Connection> {
         pg_sys::pgstat_clear_backend_activity_snapshot();
     }
     by_pid
+}
+
+/// The `index`th (from 1) entry of the local snapshot: PostgreSQL 16 renamed the function.
+///
+/// SAFETY: only between the snapshot clears in `connections`.
+unsafe fn local_beentry(index: i32) -> *mut pg_sys::LocalPgBackendStatus {
+    #[cfg(feature = "pg15")]
+    return unsafe { pg_sys::pgstat_fetch_stat_local_beentry(index) };
+    #[cfg(not(feature = "pg15"))]
+    return unsafe { pg_sys::pgstat_get_local_beentry_by_index(index) };
 }
 
 /// A C string from shared memory; `None` for NULL.
