@@ -55,8 +55,32 @@ pub fn find_bindir() -> Option<PathBuf> {
         .find(|d| has_initdb(d))
 }
 
+/// A port for a server not started yet. Taken below Linux's ephemeral range (32768 and
+/// up), so that no outgoing connection (a replica's to its primary, in a test running
+/// beside) can take it before the server listens, as a port from bind(0) could; never the
+/// same one twice in a process; and free now.
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    const FIRST: u32 = 20000;
+    const COUNT: u32 = 12000;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Processes start at different places, so that concurrent ones rarely probe the same.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id() ^ nanos) % COUNT;
+    for i in 0..COUNT {
+        let Ok(port) = u16::try_from(FIRST + (start + i) % COUNT) else {
+            continue;
+        };
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port between {FIRST} and {}", FIRST + COUNT)
 }
 
 fn is_root() -> bool {
@@ -342,7 +366,16 @@ impl Cluster {
             args.extend([&"-m" as &dyn AsRef<OsStr>, &"fast"]);
         }
         args.push(&action);
-        self.pg("pg_ctl", &args).map(drop)
+        self.pg("pg_ctl", &args).map(drop).with_context(|| {
+            // What the server said is the only clue once its directory is gone.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            format!(
+                "pg_ctl {action} of {}; the end of its log:\n{tail}",
+                node.name
+            )
+        })
     }
 
     /// A new replica called `name`: a copy of the stopped primary's data directory,
