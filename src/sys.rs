@@ -13,8 +13,8 @@ pub fn is_root() -> bool {
     geteuid().is_root()
 }
 
-/// The login name of `uid`, if the user database knows it.
-pub fn user_name(uid: u32) -> Option<String> {
+/// What the user database says of `uid`, read through `read` while the entry is valid.
+fn with_passwd<T>(uid: u32, read: impl FnOnce(&libc::passwd) -> Option<T>) -> Option<T> {
     let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -32,31 +32,21 @@ pub fn user_name(uid: u32) -> Option<String> {
     if rc != 0 || found.is_null() {
         return None;
     }
-    // SAFETY: getpwuid_r succeeded and `found` points at `pwd`, whose pw_name points into `buf`.
-    let name = unsafe { CStr::from_ptr((*found).pw_name) };
+    // SAFETY: getpwuid_r succeeded and `found` points at `pwd`, whose strings point into
+    // `buf`, both alive until this function returns.
+    read(unsafe { &*found })
+}
+
+/// The login name in a passwd entry.
+fn login(pwd: &libc::passwd) -> Option<String> {
+    // SAFETY: pw_name is a NUL-terminated string of the entry.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
     name.to_str().ok().map(str::to_string)
 }
 
-/// The user's primary group, if the user database knows the user.
-fn primary_gid(uid: u32) -> Option<u32> {
-    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: as in user_name: the reentrant call writes only into our buffers.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            pwd.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded and `found` points at `pwd`.
-    Some(unsafe { (*found).pw_gid })
+/// The login name of `uid`, if the user database knows it.
+pub fn user_name(uid: u32) -> Option<String> {
+    with_passwd(uid, login)
 }
 
 /// The name of group `gid`, if the group database knows it.
@@ -86,8 +76,8 @@ pub fn group_name(gid: u32) -> Option<String> {
 /// True when `gid` is `uid`'s own group: its primary group, named like the user (the
 /// user-private-group convention), so group permissions give nobody else anything.
 pub fn is_private_group(uid: u32, gid: u32) -> bool {
-    primary_gid(uid) == Some(gid)
-        && group_name(gid).is_some_and(|g| user_name(uid).is_some_and(|u| u == g))
+    with_passwd(uid, |pwd| (pwd.pw_gid == gid).then(|| login(pwd)).flatten())
+        .is_some_and(|user| group_name(gid).is_some_and(|group| group == user))
 }
 
 /// `name (uid N)`, or `uid N` for a user the database does not know.

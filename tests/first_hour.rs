@@ -170,21 +170,7 @@ fn the_server_asked_must_be_the_one_whose_pg_wal_this_is() -> Result<()> {
         c.log_text()
     );
     // A second cluster, never started, with the same archive_command's settings.
-    let other = c.scratch_dir("other")?;
-    let data = other.join("data");
-    let initdb = c
-        .as_server_user(&c.bindir.join("initdb"))
-        .args([
-            "-D",
-            data.to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-N",
-        ])
-        .output()?;
-    assert!(initdb.status.success(), "{}", output_text(&initdb));
+    let data = c.other_cluster("other")?;
     let seg = "000000010000000000000001";
     let out = c
         .as_server_user(&c.walguard)

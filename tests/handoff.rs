@@ -157,23 +157,10 @@ fn no_segment_of_another_cluster_or_zeroed_ever_leaves_pg_wal() -> Result<()> {
     c.wait_archived(&seg, ARCHIVE_WAIT)?;
     c.wait_caught_up(&["r1"])?;
     // Another initdb: its first segment, handed over under the same name as ours.
-    let other = c.scratch_dir("other")?;
-    let init = c
-        .as_server_user(&c.bindir.join("initdb"))
-        .args([
-            "-D",
-            other.join("data").to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-N",
-        ])
-        .output()?;
-    assert!(init.status.success(), "{}", output_text(&init));
+    let other = c.other_cluster("other")?;
     let name = "000000010000000000000001";
     let spool = c.scratch_dir("spool")?;
-    fs::copy(other.join("data/pg_wal").join(name), spool.join(name))?;
+    fs::copy(other.join("pg_wal").join(name), spool.join(name))?;
     c.chown(&spool)?;
     let dest = c.scratch_dir("dest")?;
     let run = |path: &Path, wal: &str| {

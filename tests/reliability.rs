@@ -414,29 +414,7 @@ fn fast_shutdown_with_held_segments_then_resume_without_gaps() -> Result<()> {
 fn failover_archives_the_history_file_and_both_timelines() -> Result<()> {
     let (c, _) = start()?;
     let (r1, r2) = (c.replica("r1"), c.replica("r2"));
-    // r1's own walguard: same archive and log, its own server, the remaining replica listed.
-    let config = c.base.join("walguard-r1.toml");
-    let list = c.base.join("r1.list");
-    fs::write(&list, "app:r2\n")?;
-    fs::write(
-        &config,
-        format!(
-            "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"host={} port={} user=postgres dbname=postgres\"\ntimeout = \"10s\"\n",
-            c.archive.display(),
-            list.display(),
-            c.log.display(),
-            c.base.display(),
-            r1.port
-        ),
-    )?;
-    c.configure(
-        r1,
-        &format!(
-            "archive_command = '{} --config {} archive %p %f'",
-            c.walguard.display(),
-            config.display()
-        ),
-    )?;
+    c.archive_from(r1, "app:r2\n", "")?;
     let last_tl1 = c.switch_wal()?;
     c.wait_archived(&last_tl1, ARCHIVE_WAIT)?;
     c.wait_caught_up(&["r1", "r2"])?;

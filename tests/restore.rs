@@ -111,30 +111,7 @@ fn point_in_time_recovery_from_a_compressed_archive() -> Result<()> {
 fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
     let c = compressed(1)?;
     let r1 = c.replica("r1");
-    // r1's own walguard, for when it is the primary: same archive and log, no replicas.
-    let config = c.base.join("walguard-r1.toml");
-    let list = c.base.join("r1.list");
-    fs::write(&list, "")?;
-    fs::write(
-        &config,
-        format!(
-            "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"host={} port={} user=postgres dbname=postgres\"\ntimeout = \"10s\"\ncompress = \"zstd\"\n",
-            c.archive.display(),
-            list.display(),
-            c.log.display(),
-            c.base.display(),
-            r1.port
-        ),
-    )?;
-    c.chown(&c.base)?;
-    c.configure(
-        r1,
-        &format!(
-            "archive_command = '{} --config {} archive %p %f'",
-            c.walguard.display(),
-            config.display()
-        ),
-    )?;
+    c.archive_from(r1, "", "compress = \"zstd\"\n")?;
     let backup = c.base.join("backup");
     c.client(
         "pg_basebackup",
@@ -307,24 +284,11 @@ fn verify_finds_every_kind_of_damage_and_calls_clean_clean() -> Result<()> {
         );
     }
     // Another cluster's segment under one of our names.
-    let other = c.scratch_dir("other")?;
-    let init = c
-        .as_server_user(&c.bindir.join("initdb"))
-        .args([
-            "-D",
-            other.join("data").to_str().unwrap(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-N",
-        ])
-        .output()?;
-    assert!(init.status.success(), "{}", output_text(&init));
+    let other = c.other_cluster("other")?;
     let dir = archive_copy(&c, "damaged-foreign")?;
     fs::remove_file(dir.join("000000010000000000000001.zst"))?;
     fs::copy(
-        other.join("data/pg_wal/000000010000000000000001"),
+        other.join("pg_wal/000000010000000000000001"),
         dir.join("000000010000000000000001"),
     )?;
     c.chown(&dir)?;

@@ -246,15 +246,14 @@ impl Cluster {
 
         let data = cluster.primary.data.clone();
         let segsize = format!("--wal-segsize={}", opts.segment_mib);
-        let mut initdb: Vec<&dyn AsRef<OsStr>> =
-            vec![&"-D", &data, &"-A", &"trust", &"-U", &"postgres", &"-N"];
         // PostgreSQL 10 fixes the segment size at build time (16 MiB).
         if major >= 11 {
-            initdb.push(&segsize);
+            cluster.initdb(&data, &[&segsize])?;
         } else if opts.segment_mib != 16 {
             bail!("PostgreSQL {major} has no --wal-segsize: it only has 16 MiB segments");
+        } else {
+            cluster.initdb(&data, &[])?;
         }
-        cluster.pg("initdb", &initdb)?;
         let mut conf = cluster.server_conf(cluster.primary.port);
         match &opts.archive_library {
             Some(module) => {
@@ -311,10 +310,15 @@ impl Cluster {
 
     /// `host=... port=... user=postgres dbname=postgres` of the primary (Unix socket).
     pub fn conninfo(&self) -> String {
+        self.conninfo_of(&self.primary)
+    }
+
+    /// `node`'s conninfo, over the Unix socket.
+    pub fn conninfo_of(&self, node: &Node) -> String {
         format!(
             "host={} port={} user=postgres dbname=postgres",
             self.base.display(),
-            self.primary.port
+            node.port
         )
     }
 
@@ -552,14 +556,40 @@ impl Cluster {
 
     /// Rewrites walguard.toml: the harness's settings plus `extra` lines.
     pub fn write_config(&self, extra: &str) -> Result<()> {
-        let text = format!(
+        fs::write(
+            &self.config,
+            self.config_text(&self.primary, &self.list, extra),
+        )
+        .context("writing walguard.toml")
+    }
+
+    /// A walguard config for `node`'s server: the cluster's archive and log, `list`.
+    fn config_text(&self, node: &Node, list: &Path, extra: &str) -> String {
+        format!(
             "archive_dir = \"{}\"\nreplicas = \"{}\"\nlog_file = \"{}\"\nconninfo = \"{}\"\ntimeout = \"10s\"\n{extra}",
             self.archive.display(),
-            self.list.display(),
+            list.display(),
             self.log.display(),
-            self.conninfo(),
-        );
-        fs::write(&self.config, text).context("writing walguard.toml")
+            self.conninfo_of(node),
+        )
+    }
+
+    /// Gives `node` its own walguard as archive_command, for when it is promoted: the
+    /// cluster's archive and log, its own server, `list` as its replicas list.
+    pub fn archive_from(&self, node: &Node, list: &str, extra: &str) -> Result<()> {
+        let config = self.base.join(format!("walguard-{}.toml", node.name));
+        let list_path = self.base.join(format!("{}.list", node.name));
+        fs::write(&list_path, list)?;
+        fs::write(&config, self.config_text(node, &list_path, extra))?;
+        self.chown(&self.base)?;
+        self.configure(
+            node,
+            &format!(
+                "archive_command = '{} --config {} archive %p %f'",
+                self.walguard.display(),
+                config.display()
+            ),
+        )
     }
 
     pub fn write_list(&self, text: &str) -> Result<()> {
@@ -567,12 +597,7 @@ impl Cluster {
     }
 
     pub fn connect(&self, node: &Node) -> Result<postgres::Client> {
-        let info = format!(
-            "host={} port={} user=postgres dbname=postgres",
-            self.base.display(),
-            node.port
-        );
-        postgres::Client::connect(&info, postgres::NoTls)
+        postgres::Client::connect(&self.conninfo_of(node), postgres::NoTls)
             .with_context(|| format!("connecting to {}", node.name))
     }
 
@@ -704,6 +729,22 @@ impl Cluster {
     }
 
     /// A new directory under the cluster's, owned by the server's user.
+    /// initdb of a throwaway data directory, as the server's user.
+    fn initdb(&self, data: &Path, extra: &[&dyn AsRef<OsStr>]) -> Result<()> {
+        let mut args: Vec<&dyn AsRef<OsStr>> =
+            vec![&"-D", &data, &"-A", &"trust", &"-U", &"postgres", &"-N"];
+        args.extend_from_slice(extra);
+        self.pg("initdb", &args).map(drop)
+    }
+
+    /// Another cluster's data directory (its own initdb, so its own system identifier),
+    /// in the scratch directory `name`; never started.
+    pub fn other_cluster(&self, name: &str) -> Result<PathBuf> {
+        let data = self.scratch_dir(name)?.join("data");
+        self.initdb(&data, &[])?;
+        Ok(data)
+    }
+
     pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.base.join(name);
         fs::create_dir_all(&dir)?;
