@@ -424,25 +424,15 @@ fn main() -> Result<()> {
             )
         }
     };
-    // The gate in front of pgBackRest: walguard deciding, then running the same push.
+    // The gate in front of pgBackRest: walguard deciding, then running the same push
+    // (`archive_via` wins over the --archive-dir that walguard_archive_with passes).
     let gated = |dest: &Path| -> Result<Duration> {
         let conf = pgbackrest_stanza(&c, dest)?;
         let via = format!(
             "pgbackrest --config={} --stanza=bench --compress-type=none archive-push %p",
             conf.display()
         );
-        run(
-            &data,
-            walguard().args([
-                "--config",
-                &config,
-                "--archive-via",
-                &via,
-                "archive",
-                &wal,
-                &seg,
-            ]),
-        )
+        walguard_archive_with(dest, &["--archive-via", &via])
     };
     let stored_zstd = std::cell::Cell::new(0u64);
     let stored_pgbr_zst = std::cell::Cell::new(0u64);
@@ -490,20 +480,7 @@ fn main() -> Result<()> {
         // The gate alone: the decision and the hand-off's process, with nothing to push.
         methods.push((
             "walguard archive_via true (the gate alone)",
-            Box::new(|_: &Path| {
-                run(
-                    &data,
-                    walguard().args([
-                        "--config",
-                        &config,
-                        "--archive-via",
-                        "true",
-                        "archive",
-                        &wal,
-                        &seg,
-                    ]),
-                )
-            }),
+            Box::new(|d: &Path| walguard_archive_with(d, &["--archive-via", "true"])),
         ));
     }
     eprintln!("bench: archive copy, {rounds} interleaved rounds");

@@ -14,7 +14,8 @@ pub struct ReplicaMetric {
     pub lag_bytes: Option<u64>,
 }
 
-/// Everything one exposition says.
+/// Everything one exposition says; the default knows nothing (walguard not up).
+#[derive(Default)]
 pub struct Snapshot {
     /// walguard could observe the server and decide.
     pub up: bool,

@@ -354,13 +354,16 @@ fn restore_refuses_bad_input_and_leaves_nothing_half_written() -> Result<()> {
     fs::write(broken.join(&name), bytes)?;
     c.chown(&broken)?;
     let dest = dest_dir.join("FROM_BROKEN");
-    let out = c.walguard(&[
-        "--archive-dir",
-        broken.to_str().unwrap(),
-        "restore",
-        &seg,
-        dest.to_str().unwrap(),
-    ]);
+    let from_broken = || {
+        c.walguard(&[
+            "--archive-dir",
+            broken.to_str().unwrap(),
+            "restore",
+            &seg,
+            dest.to_str().unwrap(),
+        ])
+    };
+    let out = from_broken();
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
         output_text(&out).contains(&format!("{}: ", broken.join(&name).display()))
@@ -377,13 +380,7 @@ fn restore_refuses_bad_input_and_leaves_nothing_half_written() -> Result<()> {
     );
     // An unreadable archive.
     fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o000))?;
-    let out = c.walguard(&[
-        "--archive-dir",
-        broken.to_str().unwrap(),
-        "restore",
-        &seg,
-        dest.to_str().unwrap(),
-    ]);
+    let out = from_broken();
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("Permission denied"),

@@ -49,11 +49,8 @@ fn run_hook(
         .find(|(k, _)| *k == "reason")
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
-    // Leave the watchdog a second: a slow hook must never turn the verdict into an error.
-    let limit = settings
-        .timeout
-        .saturating_sub(run.started.elapsed())
-        .saturating_sub(Duration::from_secs(1));
+    // A slow hook must never turn the verdict into an error.
+    let limit = run.child_limit(settings.timeout);
     let details = Details {
         event,
         wal: &run.wal,
@@ -110,15 +107,9 @@ fn base_snapshot(settings: &Settings, decision: &str) -> metrics::Snapshot {
         .map_or(0.0, |d| d.as_secs_f64());
     last_decisions.insert(decision.to_string(), now);
     metrics::Snapshot {
-        up: false,
-        held: false,
         failing: decision == "error",
-        waiting_segments: None,
-        waiting_bytes: None,
-        oldest_waiting_seconds: None,
-        replicas: Vec::new(),
         last_decisions,
-        valves: Vec::new(),
+        ..metrics::Snapshot::default()
     }
 }
 
@@ -208,12 +199,13 @@ pub fn run(
 /// killed with its process group at the deadline). Its exit 0 is walguard's.
 fn hand_off(run: &Invocation, settings: &Settings, via: &str, wal_path: &Path) -> Result<()> {
     let command = hook::expand(via, &wal_path.to_string_lossy(), &run.wal);
-    // Leave the watchdog a second to log it.
-    let limit = settings
-        .timeout
-        .saturating_sub(run.started.elapsed())
-        .saturating_sub(Duration::from_secs(1));
-    let ran = hook::run(&command, &[], &hook::VIA_UNSET, limit, true);
+    let ran = hook::run(
+        &command,
+        &[],
+        &hook::VIA_UNSET,
+        run.child_limit(settings.timeout),
+        true,
+    );
     if ran.ok() {
         return Ok(());
     }

@@ -46,6 +46,15 @@ impl Invocation {
         }
     }
 
+    /// How long a child command (`on_event`, `archive_via`) may run: what is left of
+    /// `timeout`, less a second for the watchdog's log line, so that the child is killed
+    /// and reported before the watchdog has to end walguard.
+    pub fn child_limit(&self, timeout: Duration) -> Duration {
+        timeout
+            .saturating_sub(self.started.elapsed())
+            .saturating_sub(Duration::from_secs(1))
+    }
+
     /// After `timeout`, logs and exits whatever the main thread is doing (a hung
     /// connection, a stalled network file system): PostgreSQL's archiver waits for us.
     /// Nothing on this path can keep it from exiting: writes that fail are ignored, and

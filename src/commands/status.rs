@@ -479,15 +479,8 @@ fn metrics(view: Option<&StatusView>, settings: &Settings) -> metrics::Snapshot 
         .unwrap_or_default();
     let Some(v) = view else {
         return metrics::Snapshot {
-            up: false,
-            held: false,
-            failing: false,
-            waiting_segments: None,
-            waiting_bytes: None,
-            oldest_waiting_seconds: None,
-            replicas: Vec::new(),
             last_decisions,
-            valves: Vec::new(),
+            ..metrics::Snapshot::default()
         };
     };
     metrics::Snapshot {

@@ -173,7 +173,7 @@ pub fn control_system_identifier(pg_control: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -204,8 +204,14 @@ mod tests {
         SegmentSize::new(16 << 20).unwrap()
     }
 
-    /// A page that says what `segment` of `size` in cluster `sysid` must say.
-    fn page_for(segment: SegmentId, size: SegmentSize, sysid: u64, magic: u16) -> Vec<u8> {
+    /// A page that says what `segment` of `size` in cluster `sysid` must say (verify's
+    /// tests use it too).
+    pub(crate) fn page_for(
+        segment: SegmentId,
+        size: SegmentSize,
+        sysid: u64,
+        magic: u16,
+    ) -> Vec<u8> {
         let mut b = vec![0u8; 8192];
         b[0..2].copy_from_slice(&magic.to_ne_bytes());
         b[2..4].copy_from_slice(&XLP_LONG_HEADER.to_ne_bytes());

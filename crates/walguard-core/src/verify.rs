@@ -373,14 +373,7 @@ mod tests {
     }
 
     fn head(id: SegmentId, size: SegmentSize, sysid: u64) -> Vec<u8> {
-        let mut b = vec![0u8; 40];
-        b[0..2].copy_from_slice(&0xD110u16.to_ne_bytes());
-        b[2..4].copy_from_slice(&2u16.to_ne_bytes());
-        b[4..8].copy_from_slice(&id.timeline.to_ne_bytes());
-        b[8..16].copy_from_slice(&id.start(size).unwrap().0.to_ne_bytes());
-        b[24..32].copy_from_slice(&sysid.to_ne_bytes());
-        b[32..36].copy_from_slice(&(size.bytes() as u32).to_ne_bytes());
-        b
+        crate::header::tests::page_for(id, size, sysid, 0xD110)
     }
 
     fn segment(tli: u32, segno: u32) -> FileFacts {
