@@ -85,7 +85,10 @@ Example (postgresql.conf of a standby or a server in recovery):
 
 Finds NAME or NAME.zst, decompresses it, checks a segment's header, and writes DEST_PATH
 through a temporary file and a rename. Exit 0: restored. Exit 1: not in the archive
-(PostgreSQL asks for files that do not exist; no message). Exit 2: damaged or unreadable.")]
+(PostgreSQL asks for files that do not exist; no message). A file that is there but
+damaged or unreadable, a missing archive directory, restore_timeout or a signal: exit 2 on
+a standby (standby.signal: PostgreSQL retries and streams meanwhile), exit 200 in an archive
+recovery (recovery.signal), which stops recovery instead of letting it end early and promote.")]
     Restore {
         /// The file's name (%f), e.g. 000000010000000000000003 or 00000002.history
         wal_name: String,
@@ -199,7 +202,7 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
             "archive_dir", "replicas", "conninfo", "log_file", "position", "resolve", "timeout",
             "pgdata", "source",
         ],
-        "restore" => &["archive_dir", "log_file", "timeout", "pgdata", "header_check"],
+        "restore" => &["archive_dir", "log_file", "restore_timeout", "pgdata", "header_check"],
         "verify" => &[
             "archive_dir", "replicas", "conninfo", "position", "resolve", "timeout", "pgdata",
             "source",

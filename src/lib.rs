@@ -33,7 +33,9 @@ extern "C" fn on_signal(_: libc::c_int) {
     hook::kill_running();
     match store::commit::stop() {
         // SAFETY: _exit is async-signal-safe.
-        store::commit::Phase::NotStarted => unsafe { libc::_exit(Exit::Error as i32) },
+        store::commit::Phase::NotStarted => unsafe {
+            libc::_exit(i32::from(exit::failure().code()))
+        },
         _ => store::commit::note_signal(),
     }
 }
@@ -65,6 +67,6 @@ pub fn main() -> ExitCode {
             }
         }
     })
-    .unwrap_or(Exit::Error);
-    ExitCode::from(exit as u8)
+    .unwrap_or_else(|_| exit::failure());
+    ExitCode::from(exit.code())
 }

@@ -155,28 +155,85 @@ pub fn last_decisions(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Replaces `path` with `text` atomically (a temporary file in the same directory, then
-/// a rename): node_exporter never reads half a file. Readable by all: metrics hold no
-/// secret, and the exporter usually runs as another user.
-pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Everything of an earlier exposition but the last-decision family, then `last`: what
+/// a file that is not a segment (history, backup label, `.partial`) changes, since
+/// deciding about it observes nothing else.
+pub fn carry_over(previous: &str, last: &BTreeMap<String, f64>) -> String {
+    const FAMILY: &str = "walguard_last_decision_timestamp_seconds";
+    let mut out: String = previous
+        .lines()
+        .filter(|l| {
+            let name = l
+                .trim_start_matches("# HELP ")
+                .trim_start_matches("# TYPE ");
+            !name.starts_with(FAMILY)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if out.is_empty() {
+        // Nothing known before: what an exposition that knows nothing says.
+        out = render(&Snapshot::default())
+            .lines()
+            .filter(|l| !l.contains(FAMILY))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    out.push_str(
+        &render(&Snapshot {
+            last_decisions: last.clone(),
+            ..Snapshot::default()
+        })
+        .split_inclusive('\n')
+        .skip_while(|l| !l.contains(FAMILY))
+        .take_while(|l| l.contains(FAMILY))
+        .collect::<String>(),
+    );
+    out
+}
+
+/// How long a writer waits for another to finish its update before writing anyway.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Rewrites `path` with `next(previous text)`, atomically (walguard's temporary file,
+/// then a rename: node_exporter never reads half a file) and under an exclusive lock on
+/// its directory, so that two runs at once (PostgreSQL's and a manual one) never lose
+/// each other's update. Mode 0644 whatever the umask (PostgreSQL gives its children
+/// 077): metrics hold no secret, and node_exporter runs as another user.
+pub fn update(path: &Path, next: impl FnOnce(&str) -> String) -> std::io::Result<()> {
+    use crate::store::atomic::Dir;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        .ok_or_else(|| std::io::Error::other("metrics_file names no file"))?;
+    let dir = Dir::open(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    let start = std::time::Instant::now();
+    while rustix::fs::flock(
+        &*dir.fd,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .is_err()
+        && start.elapsed() < LOCK_WAIT
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    written
+    dir.clean_stale(true, |_| true, LOCK_WAIT * 30);
+    let previous = match dir.open_file(&name) {
+        Ok(mut f) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut tmp = dir.temp(&name, true)?;
+    tmp.set_mode(0o644)?;
+    tmp.file().write_all(next(&previous).as_bytes())?;
+    tmp.rename(&dir, &name)
+    // The lock goes with the directory descriptor.
 }
 
 #[cfg(test)]
@@ -233,16 +290,40 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_replaced_whole() {
+    fn the_file_is_replaced_whole_and_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("walguard.prom");
-        write_file(&path, "a 1\n").unwrap();
-        write_file(&path, "b 2\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b 2\n");
+        update(&path, |_| "a 1\n".into()).unwrap();
+        update(&path, |previous| format!("{previous}b 2\n")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 1\nb 2\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn a_file_that_is_no_segment_changes_only_the_decision_times() {
+        let before = render(&snapshot());
+        let last = BTreeMap::from([("archived".into(), 9.0), ("held".into(), 2.25)]);
+        let after = carry_over(&before, &last);
+        assert!(after.contains("walguard_up 1\n"), "{after}");
+        assert!(after.contains("walguard_replica_connected{replica=\"app:r1\"} 1\n"));
+        assert!(
+            after.contains(
+                "walguard_last_decision_timestamp_seconds{decision=\"archived\"} 9.000\n"
+            )
+        );
+        assert_eq!(
+            after
+                .matches("# TYPE walguard_last_decision_timestamp_seconds")
+                .count(),
+            1
+        );
+        assert_eq!(last_decisions(&after), last);
     }
 }

@@ -93,45 +93,26 @@ fn undecided(
     })
 }
 
-/// The gauges that every rewrite of `metrics_file` carries: this decision's time added to
-/// the earlier ones (read back from the file), the rest unknown until filled in.
-fn base_snapshot(settings: &Settings, decision: &str) -> metrics::Snapshot {
-    let mut last_decisions = settings
-        .metrics_file
-        .as_deref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .map(|text| metrics::last_decisions(&text))
-        .unwrap_or_default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    last_decisions.insert(decision.to_string(), now);
-    metrics::Snapshot {
-        failing: decision == "error",
-        last_decisions,
-        ..metrics::Snapshot::default()
-    }
-}
-
 /// The gauges after this decision, for `metrics_file`: what one invocation knows without
 /// listing `pg_wal` (the waiting segments are counted from positions: PostgreSQL hands
 /// over the oldest first, so every segment from this one to the one being written waits).
 fn snapshot(
-    settings: &Settings,
     wal_path: &Path,
     gathered: &Gathered,
-    decision: &str,
     exit: Exit,
+    settings: &Settings,
+    decision: &str,
 ) -> metrics::Snapshot {
     let held = exit == Exit::Held;
     let tripped = gathered.verdict.valve.as_ref().map(|t| t.valve);
     let mut snap = metrics::Snapshot {
         held,
+        failing: decision == "error",
         valves: ["min_free", "max_retained", "max_hold"]
             .into_iter()
             .map(|v| (v, tripped == Some(v)))
             .collect(),
-        ..base_snapshot(settings, decision)
+        ..metrics::Snapshot::default()
     };
     let (Some(obs), Some(WalFile::Segment(id))) = (&gathered.observation, &gathered.wal) else {
         return snap;
@@ -169,11 +150,29 @@ fn snapshot(
     snap
 }
 
-/// Rewrites `metrics_file`, if set; a failure is said on stderr and changes nothing else.
-fn write_metrics(settings: &Settings, snapshot: metrics::Snapshot) {
-    if let Some(path) = settings.metrics_file.as_deref()
-        && let Err(e) = metrics::write_file(path, &metrics::render(&snapshot))
-    {
+/// Rewrites `metrics_file`, if set, with this decision's time added to the earlier ones
+/// and the gauges of `snapshot`; `None` (a file that is not a segment: nothing else was
+/// observed) keeps the other gauges as they were. A failure is said on stderr and changes
+/// nothing else.
+fn write_metrics(settings: &Settings, decision: &str, snapshot: Option<metrics::Snapshot>) {
+    let Some(path) = settings.metrics_file.as_deref() else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let written = metrics::update(path, |previous| {
+        let mut last = metrics::last_decisions(previous);
+        last.insert(decision.to_string(), now);
+        match snapshot {
+            Some(snapshot) => metrics::render(&metrics::Snapshot {
+                last_decisions: last,
+                ..snapshot
+            }),
+            None => metrics::carry_over(previous, &last),
+        }
+    });
+    if let Err(e) = written {
         say(&format!(
             "walguard: cannot write the metrics file {}: {e}",
             path.display()
@@ -189,8 +188,12 @@ pub fn run(
     wal: &WalFile,
 ) -> Result<Exit> {
     let result = archive(run, settings, observer, wal_path, wal);
-    if result.is_err() && settings.metrics_file.is_some() {
-        write_metrics(settings, base_snapshot(settings, "error"));
+    if result.is_err() {
+        let failing = metrics::Snapshot {
+            failing: true,
+            ..metrics::Snapshot::default()
+        };
+        write_metrics(settings, "error", Some(failing));
     }
     result
 }
@@ -381,10 +384,9 @@ fn archive(
     }
     run.write(level, decision, fields);
     if settings.metrics_file.is_some() {
-        write_metrics(
-            settings,
-            snapshot(settings, wal_path, &gathered, decision, exit),
-        );
+        let snapshot = matches!(wal, WalFile::Segment(_))
+            .then(|| snapshot(wal_path, &gathered, exit, settings, decision));
+        write_metrics(settings, decision, snapshot);
     }
     Ok(exit)
 }

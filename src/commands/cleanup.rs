@@ -180,7 +180,7 @@ pub fn run(run: &Invocation, settings: &Settings, ask: &Ask) -> Result<Exit> {
         show(&render(&view))?;
     }
     Ok(if view.refused.is_some() {
-        Exit::Held
+        Exit::Refused
     } else {
         Exit::Ok
     })

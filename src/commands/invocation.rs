@@ -68,7 +68,7 @@ impl Invocation {
             let after = humantime::format_duration(timeout);
             let (exit, level, decision, reason) = match commit::settle(COMMIT_GRACE) {
                 Phase::NotStarted => (
-                    Exit::Error,
+                    crate::exit::failure(),
                     Level::Error,
                     "error",
                     format!(
@@ -82,7 +82,7 @@ impl Invocation {
                     ),
                 ),
                 Phase::Committing => (
-                    Exit::Error,
+                    crate::exit::failure(),
                     Level::Error,
                     "error",
                     format!(
@@ -106,7 +106,7 @@ impl Invocation {
             let _ = wait.recv_timeout(Duration::from_secs(1));
             // SAFETY: _exit ends the process at once; no destructor or stdio flush (which
             // could block on the same stalled pipe or file system) runs.
-            unsafe { libc::_exit(exit as i32) };
+            unsafe { libc::_exit(i32::from(exit.code())) };
         });
     }
 }

@@ -63,6 +63,12 @@ fn refuse_root(cmd: &str, dir: &Path) -> Result<()> {
 }
 
 fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
+    // A restore in an archive recovery must stop it on any failure, a broken config
+    // included: set that up from the data directory the command line names (PostgreSQL
+    // runs restore_command in it) before anything can fail.
+    if matches!(guard, Guard::Restore { .. }) {
+        restore::prepare(layer.pgdata.as_deref().unwrap_or(Path::new(".")));
+    }
     let settings = match settings::load(config, layer) {
         Ok(s) => s,
         Err(e) => {
@@ -106,7 +112,8 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
                 })
         }
         Guard::Restore { dest_path, .. } => {
-            run.arm_watchdog(settings.timeout);
+            restore::prepare(&settings.pgdata);
+            run.arm_watchdog(settings.restore_timeout);
             refuse_root(cmd, &settings.pgdata)
                 .and_then(|()| gather::parse_name(wal_name, cmd))
                 .and_then(|wal| restore::run(&run, &settings, &wal, dest_path))
@@ -171,7 +178,7 @@ fn conclude(run: &Invocation, settings: &settings::Settings, result: Result<Exit
             if run.log.is_none() || settings.log_file.is_some() {
                 say(&format!("walguard: error: {message}"));
             }
-            Exit::Error
+            crate::exit::failure()
         }
     }
 }

@@ -8,13 +8,32 @@ use walguard_core::wal::WalFile;
 
 use super::invocation::Invocation;
 use crate::exit::{Exit, Hint};
+use crate::observe::local::{self, Recovery};
 use crate::settings::Settings;
 use crate::store::restore::{self, Restored, SegmentCheck};
 
+/// What a failed restore means for the server that asked, for the message.
+fn consequence(recovery: Recovery) -> &'static str {
+    match recovery {
+        Recovery::Archive => {
+            "nothing was restored; recovery STOPS here (exit 200) instead of taking this for the end \
+             of the archive and promoting early: fix the archive (remount it, restore the file from a \
+             copy) and start the server again, or set a recovery target before this file to end \
+             recovery there on purpose"
+        }
+        Recovery::Standby => {
+            "nothing was restored; the standby retries and streams from its primary meanwhile: fix the archive"
+        }
+        Recovery::None => "nothing was restored",
+    }
+}
+
 /// Exit 0 restored, 1 not in the archive (PostgreSQL asks for files that do not exist,
-/// such as the next timeline's history: quietly, no message and no log line), 2 damaged
-/// or unreadable (loudly, naming the file).
+/// such as the next timeline's history: quietly, no message and no log line). Any
+/// failure is loud and, in an archive recovery, stops it (see `exit::StopRecovery`):
+/// the dispatcher has set that up from [`recovery`] before anything could fail.
 pub fn run(run: &Invocation, settings: &Settings, wal: &WalFile, dest: &Path) -> Result<Exit> {
+    let recovery = local::recovery(&settings.pgdata);
     let archive = settings.archive_dir.as_deref().ok_or_else(|| {
         anyhow!("no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR")
     })?;
@@ -25,10 +44,16 @@ pub fn run(run: &Invocation, settings: &Settings, wal: &WalFile, dest: &Path) ->
         }),
         _ => None,
     };
-    match restore::restore(archive, &run.wal, dest, check.as_ref())
-        .hint("nothing was restored; PostgreSQL will ask again or stop recovery")?
+    match restore::restore(
+        archive,
+        &run.wal,
+        dest,
+        check.as_ref(),
+        settings.restore_timeout,
+    )
+    .hint(consequence(recovery))?
     {
-        Restored::Missing => Ok(Exit::Held),
+        Restored::Missing => Ok(Exit::NotFound),
         Restored::Written { bytes, from } => {
             run.write(
                 Level::Info,
@@ -37,5 +62,13 @@ pub fn run(run: &Invocation, settings: &Settings, wal: &WalFile, dest: &Path) ->
             );
             Ok(Exit::Ok)
         }
+    }
+}
+
+/// Sets up how this process fails before anything can: in an archive recovery every
+/// failure (an error, the watchdog, a signal) must stop recovery.
+pub fn prepare(pgdata: &Path) {
+    if local::recovery(pgdata) == Recovery::Archive {
+        crate::exit::stop_recovery_on_failure();
     }
 }

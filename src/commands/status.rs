@@ -532,7 +532,12 @@ fn not_accepting(e: anyhow::Error, format: Format) -> Result<Exit> {
         }
         Format::Table => show(&format!("verdict: {text}\n"))?,
         Format::Prometheus => show(&format!(
-            "# {text}\n# TYPE walguard_up gauge\nwalguard_up 1\n# TYPE walguard_held gauge\nwalguard_held 1\n"
+            "# {text}\n{}",
+            metrics::render(&metrics::Snapshot {
+                up: true,
+                held: true,
+                ..metrics::Snapshot::default()
+            })
         ))?,
     }
     Ok(Exit::Held)

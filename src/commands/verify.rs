@@ -255,5 +255,5 @@ pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
     } else {
         show(&render(&view))?;
     }
-    Ok(if view.clean { Exit::Ok } else { Exit::Held })
+    Ok(if view.clean { Exit::Ok } else { Exit::Problems })
 }

@@ -33,3 +33,68 @@ pub fn system_identifier(pgdata: &Path) -> Option<u64> {
     std::io::Read::read_exact(&mut file, &mut head).ok()?;
     walguard_core::header::control_system_identifier(&head)
 }
+
+/// What kind of recovery the server in `pgdata` is in, from its signal files: what a
+/// failed `restore` must do depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// `standby.signal` (or `standby_mode = on` in 10 and 11's recovery.conf): a failed
+    /// restore is retried while the server streams.
+    Standby,
+    /// `recovery.signal` (or a recovery.conf without standby_mode): every failed restore
+    /// would read as "the end of the archive", and recovery would end there.
+    Archive,
+    /// Neither: walguard run by hand, or by pg_rewind.
+    None,
+}
+
+pub fn recovery(pgdata: &Path) -> Recovery {
+    if pgdata.join("standby.signal").exists() {
+        return Recovery::Standby;
+    }
+    if pgdata.join("recovery.signal").exists() {
+        return Recovery::Archive;
+    }
+    match std::fs::read_to_string(pgdata.join("recovery.conf")) {
+        Ok(text) if recovery_conf_is_standby(&text) => Recovery::Standby,
+        Ok(_) => Recovery::Archive,
+        Err(_) => Recovery::None,
+    }
+}
+
+/// `standby_mode = on` (any of PostgreSQL's spellings of true) in a recovery.conf.
+fn recovery_conf_is_standby(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let Some((key, value)) = line.split_once('=') else {
+            return false;
+        };
+        let value = value.trim().trim_matches('\'').to_ascii_lowercase();
+        key.trim() == "standby_mode" && matches!(value.as_str(), "on" | "true" | "yes" | "1")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_of_recovery_comes_from_the_signal_files() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(recovery(d.path()), Recovery::None);
+        std::fs::write(d.path().join("recovery.conf"), "restore_command = 'x'\n").unwrap();
+        assert_eq!(recovery(d.path()), Recovery::Archive);
+        std::fs::write(
+            d.path().join("recovery.conf"),
+            "standby_mode = 'on' # streaming\n",
+        )
+        .unwrap();
+        assert_eq!(recovery(d.path()), Recovery::Standby);
+        std::fs::remove_file(d.path().join("recovery.conf")).unwrap();
+        std::fs::write(d.path().join("recovery.signal"), "").unwrap();
+        assert_eq!(recovery(d.path()), Recovery::Archive);
+        // Both: PostgreSQL takes standby mode.
+        std::fs::write(d.path().join("standby.signal"), "").unwrap();
+        assert_eq!(recovery(d.path()), Recovery::Standby);
+    }
+}

@@ -118,6 +118,16 @@ pub struct Layer {
     #[arg(long, global = true, env = "WALGUARD_TIMEOUT", value_name = "DURATION")]
     pub timeout: Option<Span>,
 
+    /// Hard limit for one `restore` (restore_command), reading and checking included
+    /// [default: 5m]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_RESTORE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub restore_timeout: Option<Span>,
+
     /// The data directory, to find pg_wal [default: the working directory]
     #[arg(long, global = true, env = "WALGUARD_PGDATA", value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
@@ -206,6 +216,7 @@ impl Layer {
             unlisted: self.unlisted.or(lower.unlisted),
             resolve: self.resolve.or(lower.resolve),
             timeout: self.timeout.or(lower.timeout),
+            restore_timeout: self.restore_timeout.or(lower.restore_timeout),
             pgdata: self.pgdata.or(lower.pgdata),
             min_free: self.min_free.or(lower.min_free),
             max_retained: self.max_retained.or(lower.max_retained),
@@ -231,6 +242,7 @@ pub struct Settings {
     pub policy: Policy,
     pub resolve: bool,
     pub timeout: Duration,
+    pub restore_timeout: Duration,
     pub pgdata: PathBuf,
     pub on_event: Option<String>,
     pub source: Source,
@@ -254,7 +266,7 @@ pub enum SettingsError {
         "no replicas list: set `replicas` in the config file, --replicas, or WALGUARD_REPLICAS"
     )]
     NoReplicas,
-    #[error("timeout must be more than zero")]
+    #[error("timeout and restore_timeout must be more than zero")]
     ZeroTimeout,
     #[error("compress_level {0} is out of range: zstd levels go from 1 (fastest) to 19")]
     Level(i32),
@@ -329,7 +341,10 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     };
     let merged = cli.over(file);
     let timeout = merged.timeout.map_or(Duration::from_secs(30), |s| s.0);
-    if timeout.is_zero() {
+    let restore_timeout = merged
+        .restore_timeout
+        .map_or(Duration::from_secs(300), |s| s.0);
+    if timeout.is_zero() || restore_timeout.is_zero() {
         return Err(SettingsError::ZeroTimeout);
     }
     if let Some(level) = merged.compress_level.filter(|l| !(1..=19).contains(l)) {
@@ -352,6 +367,7 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         },
         resolve: merged.resolve.unwrap_or(true),
         timeout,
+        restore_timeout,
         pgdata: merged.pgdata.unwrap_or_else(|| PathBuf::from(".")),
         on_event: merged.on_event,
         source: merged.source.unwrap_or_default(),

@@ -10,9 +10,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, linkat, openat, unlinkat};
+use rustix::fs::FileType;
 
 use super::area::ArchiveDir;
+use super::atomic::Temp;
 use super::{StoreError, commit};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -96,17 +97,10 @@ pub struct Staged {
     /// The WAL file name, and the name it is stored under (`NAME` or `NAME.zst`).
     name: String,
     stored: String,
-    /// The temporary name and file; `None` when the file was already in the archive.
-    tmp: Option<(String, File)>,
+    /// The temporary file (removed when dropped); `None` when the file was already in
+    /// the archive.
+    tmp: Option<Temp>,
     bytes: u64,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some((tmp, _)) = &self.tmp {
-            let _ = unlinkat(&self.dir.tmp, tmp, AtFlags::empty());
-        }
-    }
 }
 
 /// The names `name` may be archived under, plain first.
@@ -148,8 +142,9 @@ pub fn stage(
         dir,
     };
     for form in forms(name) {
-        let dest = staged.dir.path.join(&form);
+        let dest = staged.dir.dir.path.join(&form);
         if staged
+            .dir
             .dir
             .entry_type(&form)
             .map_err(io_err("cannot stat", &dest))?
@@ -159,18 +154,14 @@ pub fn stage(
         }
     }
     staged.dir.clean_stale(stale_after);
-    let tmp_name = staged.dir.temp_name(&staged.stored);
-    let tmp_path = staged.dir.path.join(super::area::TMP_DIR).join(&tmp_name);
     let mut input = File::open(src).map_err(io_err("cannot open", src))?;
-    let output = openat(
-        &staged.dir.tmp,
-        &tmp_name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::RUSR | Mode::WUSR, // WAL holds every row of the database
-    )
-    .map(File::from)
-    .map_err(|e| io_err("cannot create", &tmp_path)(e.into()))?;
-    let mut output = &staged.tmp.insert((tmp_name, output)).1; // dropping `staged` removes it
+    let temp = staged.dir.tmp.temp(&staged.stored, false).map_err(io_err(
+        "cannot create a temporary file in",
+        &staged.dir.tmp.path,
+    ))?;
+    let tmp_path = temp.path();
+    // Dropping `staged` removes it.
+    let mut output: &File = staged.tmp.insert(temp).file();
     let write_err = io_err("cannot write", &tmp_path);
     staged.bytes = match compression {
         // std::io::copy uses copy_file_range(2) between files: no user-space buffer.
@@ -209,16 +200,14 @@ impl Staged {
     /// link it to its final name (failing if that name exists: nothing is ever
     /// replaced), fsync the directory.
     pub fn commit(mut self, expected: Option<u64>) -> Result<Stored, StoreError> {
-        let Some((tmp, output)) = self.tmp.take() else {
+        let Some(tmp) = self.tmp.take() else {
             return self.existing(expected);
         };
-        let result = self.link(&tmp, output, expected);
-        let _ = unlinkat(&self.dir.tmp, &tmp, AtFlags::empty());
-        result
+        self.link(tmp, expected)
     }
 
-    fn link(&self, tmp: &str, output: File, expected: Option<u64>) -> Result<Stored, StoreError> {
-        let dest = self.dir.path.join(&self.stored);
+    fn link(&self, mut tmp: Temp, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let dest = self.dir.dir.path.join(&self.stored);
         if let Some(expected) = expected
             && self.bytes != expected
         {
@@ -228,27 +217,23 @@ impl Staged {
                 expected,
             });
         }
-        output.sync_all().map_err(io_err("cannot fsync", &dest))?;
-        let stored = output
+        tmp.file()
+            .sync_all()
+            .map_err(io_err("cannot fsync", &dest))?;
+        let stored = tmp
+            .file()
             .metadata()
             .map_err(io_err("cannot stat", &dest))?
             .len();
-        drop(output);
         let guard = commit::begin().map_err(|_| StoreError::Aborted)?;
-        match linkat(
-            &self.dir.tmp,
-            tmp,
-            &self.dir.fd,
-            &self.stored,
-            AtFlags::empty(),
-        ) {
+        match tmp.link(&self.dir.dir, &self.stored) {
             Ok(()) => {}
             // Another run (PostgreSQL's retry racing a manual one) got there first.
-            Err(rustix::io::Errno::EXIST) => {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 drop(guard);
                 return self.existing(expected);
             }
-            Err(e) => return Err(io_err("cannot link into place", &dest)(e.into())),
+            Err(e) => return Err(io_err("cannot link into place", &dest)(e)),
         }
         self.dir.sync().map_err(|e| StoreError::Undurable {
             dest: dest.clone(),
@@ -266,8 +251,9 @@ impl Staged {
     /// anything else is refused and left alone.
     fn existing(&self, expected: Option<u64>) -> Result<Stored, StoreError> {
         for form in forms(&self.name) {
-            let dest = self.dir.path.join(&form);
+            let dest = self.dir.dir.path.join(&form);
             match self
+                .dir
                 .dir
                 .entry_type(&form)
                 .map_err(io_err("cannot stat", &dest))?
@@ -277,6 +263,7 @@ impl Staged {
                 Some(_) => return Err(StoreError::NotRegular { dest }),
             }
             let archived = self
+                .dir
                 .dir
                 .open_file(&form)
                 .map_err(io_err("cannot read", &dest))?;
@@ -316,7 +303,7 @@ impl Staged {
         // Both gone since they were seen: another tool removed it. Nothing was archived.
         Err(StoreError::Io {
             what: "vanished while being compared:",
-            path: self.dir.path.join(&self.stored),
+            path: self.dir.dir.path.join(&self.stored),
             source: io::Error::from(io::ErrorKind::NotFound),
         })
     }

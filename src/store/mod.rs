@@ -3,6 +3,7 @@
 //! timeout or signal cannot cut in half ([`commit`]).
 
 pub mod area;
+pub mod atomic;
 pub mod cleanup;
 pub mod commit;
 pub mod copy;
