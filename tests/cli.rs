@@ -711,6 +711,187 @@ fn archive_via_hands_over_and_reports_failures_and_hangs() {
 }
 
 #[test]
+fn archive_via_values_read_back_as_themselves_in_every_quoting() {
+    let s = Sandbox::new();
+    let history = "00000002.history";
+    let wal_path = format!("pg_wal/{history}");
+    let dest = s.path().join("bucket");
+    fs::create_dir(&dest).unwrap();
+    // The operator's own quotes around %f and %p: the file lands under its own name.
+    let seen = s.path().join("env-seen");
+    for (n, via) in [
+        format!("cp %p \"{}/double-%f\"", dest.display()),
+        format!("cp '%p' '{}/single-%f'", dest.display()),
+        format!("cp %p {}/bare-%f", dest.display()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = s.run(&["--archive-via", via, "archive", &wal_path, history]);
+        assert_eq!(out.status.code(), Some(0), "{via}: {}", stderr(&out));
+        let want = ["double", "single", "bare"][n];
+        assert!(
+            dest.join(format!("{want}-{history}")).exists(),
+            "{via}: {:?}",
+            fs::read_dir(&dest)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+    }
+    // A template whose quote does not close is refused at start, naming it.
+    let out = s.run(&[
+        "--archive-via",
+        "aws s3 cp %p 's3://b/wal/%f",
+        "archive",
+        &wal_path,
+        history,
+    ]);
+    assert_refused(&s, &out, "archive_via: the command template");
+    assert!(
+        stderr(&out).contains("a quote is not closed"),
+        "{}",
+        stderr(&out)
+    );
+    // An inline secret never reaches the log's via=, and the hand-off gets the
+    // operator's environment (a backup tool needs its PG* and credentials), but not
+    // walguard's conninfo.
+    let via = format!(
+        "AWS_SECRET_ACCESS_KEY=topsecret sh -c 'echo \"$AWS_SECRET_ACCESS_KEY ${{PGPASSWORD-unset}} ${{WALGUARD_CONNINFO-unset}}\" > {}'",
+        seen.display()
+    );
+    let out = Command::new(WALGUARD)
+        .args(["--archive-via", &via, "archive", &wal_path, history])
+        .current_dir(s.path())
+        .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
+        .env("PGPASSWORD", "for-the-backup-tool")
+        .env(
+            "WALGUARD_CONNINFO",
+            "host=127.0.0.1 port=1 password=hunter3",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(&seen).unwrap(),
+        "topsecret for-the-backup-tool unset\n"
+    );
+    let line = s.log().lines().last().unwrap().to_string();
+    assert!(
+        line.contains(" via=sh ") && !line.contains("topsecret"),
+        "{line}"
+    );
+}
+
+/// A failed restore reads as "not in the archive" to PostgreSQL (any status from 1 to
+/// 125): in an archive recovery it must stop recovery instead (exit above 125), on a
+/// standby it stays a loud exit 2 that PostgreSQL retries while it streams. Only a file
+/// that is simply not there is a quiet exit 1, in every mode.
+#[test]
+fn restore_failures_stop_an_archive_recovery_and_are_retries_on_a_standby() {
+    let s = Sandbox::new();
+    let config = s.path().join("walguard.toml");
+    fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fs::write(s.path().join("broken.toml"), "compress_level = 99\n").unwrap();
+    let archive = s.path().join("archive");
+    // A damaged .zst, a FIFO that never delivers (a hung network file system).
+    fs::write(
+        archive.join(format!("{SEG}.zst")),
+        b"\x28\xb5\x2f\xfd garbage",
+    )
+    .unwrap();
+    let hung = "000000010000000000000004";
+    let status = Command::new("mkfifo")
+        .arg(archive.join(hung))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let restore = |args: &[&str]| {
+        let mut all = vec!["--restore-timeout", "2s"];
+        all.extend_from_slice(args);
+        s.run(&all)
+    };
+    for (signal, code) in [("recovery.signal", 200), ("standby.signal", 2)] {
+        let _ = fs::remove_file(s.path().join("recovery.signal"));
+        let _ = fs::remove_file(s.path().join("standby.signal"));
+        fs::write(s.path().join(signal), "").unwrap();
+        // Not there at all: quiet, whatever the mode.
+        let out = restore(&["restore", "00000009.history", "pg_wal/RECOVERYHISTORY"]);
+        assert_eq!(out.status.code(), Some(1), "{signal}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+        // Damaged, the archive directory missing (an unmounted NFS), hung past the
+        // time bound, a broken config: loud, and never 1.
+        let missing = s.path().join("unmounted");
+        let cases: [(Vec<&str>, &str); 4] = [
+            (
+                vec!["restore", SEG, "pg_wal/RECOVERYXLOG"],
+                "cannot be read (",
+            ),
+            (
+                vec![
+                    "--archive-dir",
+                    missing.to_str().unwrap(),
+                    "restore",
+                    SEG,
+                    "pg_wal/RECOVERYXLOG",
+                ],
+                "cannot reach the archive directory",
+            ),
+            (
+                vec!["restore", hung, "pg_wal/RECOVERYXLOG"],
+                "timed out after 2s",
+            ),
+            (
+                vec![
+                    "--config",
+                    "broken.toml",
+                    "restore",
+                    SEG,
+                    "pg_wal/RECOVERYXLOG",
+                ],
+                "compress_level 99",
+            ),
+        ];
+        for (args, says) in cases {
+            let out = restore(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{signal} {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(says),
+                "{signal} {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(!s.path().join("pg_wal/RECOVERYXLOG").exists());
+        }
+        // Interrupted (SIGINT, as a person's Ctrl-C or system()'s caller): the same.
+        let mut child = Command::new(WALGUARD)
+            .args(["restore", hung, "pg_wal/RECOVERYXLOG"])
+            .current_dir(s.path())
+            .env("WALGUARD_CONFIG", s.path().join("walguard.toml"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: kill(2) on the child we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: SIGINT");
+    }
+    // Nothing of walguard's is left in pg_wal.
+    let left: Vec<_> = fs::read_dir(s.path().join("pg_wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("walguard"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn the_hook_never_sees_walguards_secrets() {
     let s = Sandbox::new();
     let seen = s.path().join("seen");

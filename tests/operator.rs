@@ -416,6 +416,36 @@ fn prometheus_metrics_from_status_and_from_every_archive_pass_promtool() -> Resu
         text.contains("walguard_held 0\n") && text.contains("walguard_waiting_segments 0\n"),
         "{text}"
     );
+    // node_exporter runs as another user: the file the archiver wrote (under
+    // PostgreSQL's umask 077) must be readable by it.
+    let read = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+        .arg(&metrics)
+        .output()?;
+    assert!(
+        read.status.success() && String::from_utf8_lossy(&read.stdout) == file,
+        "another user cannot read {}: {}",
+        metrics.display(),
+        output_text(&read)
+    );
+    // A backup label (no segment: nothing observed) keeps the gauges as they were.
+    let backup = c.base.join("backup");
+    c.client(
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    c.wait_log_line(".backup decision=archived")?;
+    let file = fs::read_to_string(&metrics)?;
+    promtool(&file);
+    for want in [
+        "walguard_up 1\n",
+        "walguard_replica_connected{replica=\"app:r2\"} 1\n",
+    ] {
+        assert!(
+            file.contains(want),
+            "after a backup label: no {want:?} in\n{file}"
+        );
+    }
 
     // r2 down: the next archive rewrites the file with the hold.
     c.stop(c.replica("r2"))?;

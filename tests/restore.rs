@@ -175,6 +175,85 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL reads every restore_command status from 1 to 125 as "not in the archive"
+/// and, in an archive recovery without a target, ends recovery there and promotes: the
+/// rest of the archive would be left on a dead timeline. A damaged segment in the middle
+/// must stop recovery instead; once the archive is repaired, the same server recovers to
+/// the end.
+#[test]
+fn a_recovery_stops_at_a_damaged_segment_instead_of_promoting_early() -> Result<()> {
+    let c = compressed(0)?;
+    let backup = c.base.join("backup");
+    c.client(
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    c.query("CREATE TABLE marks (n int)")?;
+    let mut segments = Vec::new();
+    for n in 0..4 {
+        c.query(&format!("INSERT INTO marks VALUES ({n})"))?;
+        segments.push(c.switch_wal()?);
+    }
+    c.archive_everything()?;
+    // The second of them, damaged in the middle of its compressed bytes.
+    let damaged = c.archive.join(format!("{}.zst", segments[1]));
+    let good = fs::read(&damaged)?;
+    let mut bytes = good.clone();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    fs::write(&damaged, &bytes)?;
+
+    let pitr = c.recovering_server("pitr", &backup, "", false)?;
+    // The server may accept read-only connections for a while; then recovery stops.
+    let _ = c.start_node(&pitr);
+    wait_for(
+        "the recovering server to stop at the damaged segment",
+        Duration::from_secs(120),
+        || {
+            let log = c.server_log(&pitr);
+            Ok(
+                (log.contains("exit code 200") && log.contains("database system is shut down"))
+                    .then_some(()),
+            )
+        },
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    let log = c.server_log(&pitr);
+    assert!(
+        !log.contains("selected new timeline ID") && !log.contains("archive recovery complete"),
+        "recovery ended early and promoted: {log}"
+    );
+    assert!(
+        log.contains(&segments[1]) && log.contains("recovery STOPS here"),
+        "the server log does not say which file and why: {log}"
+    );
+    assert!(!c.archive.join("00000002.history").exists());
+
+    // Repaired, the same server recovers everything and only then promotes.
+    fs::write(&damaged, &good)?;
+    c.start_node(&pitr)?;
+    wait_for(
+        "the repaired recovery to promote",
+        Duration::from_secs(120),
+        || {
+            Ok((c
+                .query_on(&pitr, "SELECT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("f"))
+            .then_some(()))
+        },
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    assert_eq!(
+        c.query_on(&pitr, "SELECT count(*) FROM marks")?.as_deref(),
+        Some("4"),
+        "not everything was recovered"
+    );
+    Ok(())
+}
+
 /// A copy of the archive to damage, owned by the server's user.
 fn archive_copy(c: &Cluster, name: &str) -> Result<PathBuf> {
     let dir = c.base.join(name);
@@ -341,7 +420,7 @@ fn restore_refuses_bad_input_and_leaves_nothing_half_written() -> Result<()> {
     let out = restore(&seg, &dest_dir.join("missing/RECOVERYXLOG"));
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        output_text(&out).contains("cannot create"),
+        output_text(&out).contains("cannot open"),
         "{}",
         output_text(&out)
     );

@@ -201,7 +201,8 @@ pub fn run(
 /// Hands the file to `archive_via`, within what is left of the timeout (the command is
 /// killed with its process group at the deadline). Its exit 0 is walguard's.
 fn hand_off(run: &Invocation, settings: &Settings, via: &str, wal_path: &Path) -> Result<()> {
-    let command = hook::expand(via, &wal_path.to_string_lossy(), &run.wal);
+    let command = walguard_core::template::expand(via, &wal_path.to_string_lossy(), &run.wal)
+        .hint("nothing was handed over; fix archive_via")?;
     let ran = hook::run(
         &command,
         &[],
@@ -214,7 +215,7 @@ fn hand_off(run: &Invocation, settings: &Settings, via: &str, wal_path: &Path) -
     }
     bail!(
         "archive_via ({}) did not archive {}: {}; PostgreSQL will retry",
-        hook::first_word(via),
+        walguard_core::template::program(via),
         run.wal,
         ran.describe()
     )

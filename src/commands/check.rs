@@ -86,7 +86,8 @@ fn explain(
             } else {
                 "once released, would"
             },
-            crate::hook::expand(via, &path, &wal.to_string())
+            walguard_core::template::expand(via, &path, &wal.to_string())
+                .unwrap_or_else(|e| e.to_string())
         );
     }
     out

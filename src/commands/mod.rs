@@ -73,7 +73,7 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         Ok(s) => s,
         Err(e) => {
             say(&format!("walguard: error: {e}"));
-            return Exit::Error;
+            return crate::exit::failure();
         }
     };
     if settings::password_in_arguments(std::env::args_os()) {
@@ -164,7 +164,7 @@ fn via_of(settings: &settings::Settings, cmd: &str) -> Option<String> {
         .archive_via
         .as_deref()
         .filter(|_| cmd == "archive")
-        .map(|v| crate::hook::first_word(v).to_string())
+        .map(|v| walguard_core::template::program(v).to_string())
 }
 
 /// A command's exit code; a failure is logged (`decision=error`) and said on stderr.
@@ -199,7 +199,7 @@ pub fn archive_in_server(
         Ok(s) => s,
         Err(e) => {
             say(&format!("walguard: error: {e}; {wal_name} stays in pg_wal"));
-            return Exit::Error;
+            return crate::exit::failure();
         }
     };
     let run = Invocation {

@@ -136,7 +136,13 @@ fn parse_pairs(text: &str) -> Result<Vec<(String, String)>, ConninfoError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(bad(format!("missing \"=\" after {key:?}")));
+            // The word may be the rest of a password that has a space: never show it.
+            return Err(match out.last() {
+                Some((prev, _)) if prev.eq_ignore_ascii_case("password") => bad(
+                    "a word after password=... has no \"=\": a password with a space must be quoted, password='...'",
+                ),
+                _ => bad(format!("missing \"=\" after {key:?}")),
+            });
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -839,6 +845,14 @@ mod tests {
                 "{text}: {err}"
             );
         }
+        // An unquoted password with a space: its second half is never shown.
+        let err = Target::new(Some("host=a password=open sesame"), T, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must be quoted") && !err.contains("sesame"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -270,6 +270,11 @@ pub enum SettingsError {
     ZeroTimeout,
     #[error("compress_level {0} is out of range: zstd levels go from 1 (fastest) to 19")]
     Level(i32),
+    #[error("{setting}: {error}")]
+    Template {
+        setting: &'static str,
+        error: walguard_core::template::TemplateError,
+    },
 }
 
 impl Settings {
@@ -349,6 +354,12 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     }
     if let Some(level) = merged.compress_level.filter(|l| !(1..=19).contains(l)) {
         return Err(SettingsError::Level(level));
+    }
+    if let Some(via) = &merged.archive_via {
+        walguard_core::template::check(via).map_err(|error| SettingsError::Template {
+            setting: "archive_via",
+            error,
+        })?;
     }
     Ok(Settings {
         archive_dir: merged.archive_dir,
@@ -515,6 +526,10 @@ mod tests {
             ("replicas = \"/r\"\nmin_free = \"lots\"", "min_free"),
             ("replicas = \"/r\"\nmax_retained = \"50%\"", "not a size"),
             ("replicas = \"/r\"\nsource = \"proc\"", "source"),
+            (
+                "replicas = \"/r\"\narchive_via = \"aws s3 cp %p 's3://b/%f\"",
+                "archive_via: the command template",
+            ),
         ];
         for (text, needle) in cases {
             let err = match with_file(text, Layer::default()) {

@@ -27,6 +27,8 @@ pub enum StoreError {
         "{dest} is in the archive but cannot be read back ({cause}): it may be damaged; refusing to overwrite it"
     )]
     Damaged { dest: PathBuf, cause: String },
+    #[error("{path} is in the archive but cannot be read ({cause}): it is damaged or unreadable")]
+    Unreadable { path: PathBuf, cause: String },
     #[error("{dest} is not a regular file: refusing to write through it")]
     NotRegular { dest: PathBuf },
     #[error("{path} {problem}")]

@@ -89,8 +89,8 @@ pub fn restore(
         .map_err(io_err("cannot create a temporary file in", dest_dir))?;
     let tmp_path = tmp.path();
     // A read error is the archive's fault (damaged), a write error the destination's.
-    let damaged = |e: io::Error| StoreError::Damaged {
-        dest: path.clone(),
+    let damaged = |e: io::Error| StoreError::Unreadable {
+        path: path.clone(),
         cause: e.to_string(),
     };
     let compressed = form.ends_with(ZSTD_SUFFIX);

@@ -16,6 +16,7 @@ pub mod header;
 pub mod list;
 pub mod logfmt;
 pub mod observation;
+pub mod template;
 pub mod units;
 pub mod verify;
 pub mod wal;
