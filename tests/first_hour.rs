@@ -187,6 +187,28 @@ fn the_server_asked_must_be_the_one_whose_pg_wal_this_is() -> Result<()> {
         )) && text.contains("is asking another cluster"),
         "{text}"
     );
+    // Another server of the same cluster (its replica), asking the primary: the same
+    // system identifier, but not the same pg_control.
+    let r1 = c.replica("r1");
+    let theirs = fs::read_dir(r1.data.join("pg_wal"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.len() == 24)
+        .expect("a segment in the replica's pg_wal");
+    let out = c
+        .as_server_user(&c.walguard)
+        .arg("--config")
+        .arg(&c.config)
+        .args(["archive", &format!("pg_wal/{theirs}"), &theirs])
+        .current_dir(&r1.data)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out)
+            .contains("is not the one running this archive_command: its pg_control says"),
+        "{}",
+        output_text(&out)
+    );
     // The standby is not the primary either: it holds, and says why.
     let standby = format!(
         "host={} port={} user=postgres dbname=postgres",

@@ -254,6 +254,71 @@ fn a_recovery_stops_at_a_damaged_segment_instead_of_promoting_early() -> Result<
     Ok(())
 }
 
+/// A server restored from a base backup inherits archive_command, and with it a
+/// conninfo that points at the production primary. Promoted to a timeline of its own,
+/// it must not write into the production archive: walguard sees that the server it asks
+/// is not the one running it, refuses, and says to switch archiving off.
+#[test]
+fn a_restored_copy_never_archives_into_production() -> Result<()> {
+    let c = compressed(0)?;
+    let backup = c.base.join("backup");
+    c.client(
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    c.query("CREATE TABLE marks (n int); INSERT INTO marks VALUES (1)")?;
+    c.archive_everything()?;
+    // Recovered to the end of the archive, promoted, archive_mode on as it was.
+    let copy = c.recovering_server("copy", &backup, "archive_mode = on", false)?;
+    c.start_node(&copy)?;
+    wait_for("the copy to promote", Duration::from_secs(120), || {
+        Ok((c
+            .query_on(&copy, "SELECT pg_is_in_recovery()")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("f"))
+        .then_some(()))
+    })
+    .with_context(|| c.server_log(&copy))?;
+    let line = c.wait_log_line("wal=00000002.history decision=error")?;
+    assert!(
+        line.contains("is not the one running this archive_command")
+            && line.contains("archive_mode = off"),
+        "{line}"
+    );
+    // Its segments too (the archiver retries the history file first, so ask by hand).
+    let theirs = c.switch_wal_on(&copy)?;
+    assert!(theirs.starts_with("00000002"), "{theirs}");
+    let out = c
+        .as_server_user(&c.walguard)
+        .current_dir(&copy.data)
+        .arg("--config")
+        .arg(&c.config)
+        .args(["archive", &format!("pg_wal/{theirs}"), &theirs])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("is not the one running this archive_command"),
+        "{}",
+        output_text(&out)
+    );
+    // Production's archive has nothing of the copy's timeline, and stays whole.
+    let names: Vec<String> = fs::read_dir(&c.archive)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("00000002")),
+        "the copy archived into production: {names:?}"
+    );
+    let mine = c.switch_wal()?;
+    c.wait_log_line(&format!("wal={mine} decision=archived"))?;
+    let out = c.walguard(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    Ok(())
+}
+
 /// A copy of the archive to damage, owned by the server's user.
 fn archive_copy(c: &Cluster, name: &str) -> Result<PathBuf> {
     let dir = c.base.join(name);

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use walguard_core::decision::{Tripped, Verdict, undecided_valve};
 use walguard_core::event::Event;
-use walguard_core::header::Expected;
+use walguard_core::header::{ControlStamp, Expected};
+use walguard_core::observation::Observation;
 use walguard_core::wal::{Lsn, SegmentId, SegmentSize, WalFile};
 
 use super::gather::{self, Gathered, Observer, SHOWN, Undecided, verdict_fields};
@@ -16,9 +17,11 @@ use crate::exit::{Exit, Hint, describe_error};
 use crate::hook::{self, Details};
 use crate::log::{self, Level};
 use crate::metrics;
+use crate::observe::conninfo::{ProcessEnv, Target};
 use crate::observe::local;
+use crate::observe::sql;
 use crate::out::say;
-use crate::settings::{Compress, Settings};
+use crate::settings::{Compress, Settings, Source};
 use crate::store::copy::{self as archive_copy, Compression, Stored};
 use crate::store::{self, commit};
 
@@ -249,6 +252,64 @@ fn check_header(
     )
 }
 
+/// How long a history file or backup label waits to learn whether the server asked is
+/// the one running walguard: such a file is archived at once, and an unreachable
+/// server must not delay a failover.
+const IDENTITY_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+/// What was archived from a server that is not the one asked goes wrong quietly and
+/// for good: a copy restored from a base backup inherits archive_command and a conninfo
+/// pointing at the production primary, promotes to a timeline of its own, and its files
+/// land in the production archive decided by production's positions (the system
+/// identifier is the same). The server asked must be the one whose data directory this
+/// is: the same last checkpoint in `global/pg_control` (read before and after asking,
+/// as a checkpoint may fall in between), and no file of a timeline newer than its own.
+fn same_server(
+    settings: &Settings,
+    obs: &Observation,
+    wal: &WalFile,
+    control_before: Option<ControlStamp>,
+) -> Result<()> {
+    let what_to_do = "nothing was archived. If this server was restored from a backup (or is a \
+                      copy for tests), switch archiving off on it: ALTER SYSTEM SET archive_mode = off, \
+                      then restart; otherwise point conninfo at this server (or leave host and port unset)";
+    let timeline = match wal {
+        WalFile::Segment(id) | WalFile::Partial(id) | WalFile::Backup(id, _) => id.timeline,
+        WalFile::History(tli) => *tli,
+    };
+    if let Some(theirs) = obs.timeline.filter(|&t| !obs.in_recovery && timeline > t) {
+        bail!(
+            "{wal} is of timeline {timeline}, but the server at conninfo writes timeline {theirs}: \
+             it is not the one running this archive_command; {what_to_do}"
+        );
+    }
+    let Some(theirs) = obs.control else {
+        return Ok(());
+    };
+    let after = local::control_stamp(&settings.pgdata);
+    match (control_before, after) {
+        (None, None) => Ok(()),
+        (before, after) if before == Some(theirs) || after == Some(theirs) => Ok(()),
+        (before, after) => bail!(
+            "the server at conninfo is not the one running this archive_command: its pg_control \
+             says {theirs}, but this data directory's ({}/global/pg_control) says {}; {what_to_do}",
+            settings.pgdata.display(),
+            after
+                .or(before)
+                .map_or_else(|| "?".to_string(), |l| l.to_string()),
+        ),
+    }
+}
+
+/// The server's facts for [`same_server`] when a file needs no decision: asked briefly,
+/// and only over SQL; `None` when it cannot be asked (the file then goes as always).
+fn probe(settings: &Settings) -> Option<Observation> {
+    if settings.source == Source::Ps {
+        return None;
+    }
+    let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv).ok()?;
+    sql::observe_within(&target, IDENTITY_PROBE.min(settings.timeout / 2)).ok()
+}
+
 /// Where an archived file goes.
 #[derive(Clone, Copy)]
 enum Road<'a> {
@@ -302,6 +363,12 @@ fn archive(
     };
     let stage =
         |dir: &Path| archive_copy::stage(wal_path, dir, &run.wal, settings.timeout, compression);
+    let outside = matches!(observer, Observer::Outside);
+    // Read before the server is asked (and again after): a checkpoint in between must
+    // not make the same server look like another.
+    let control_before = outside
+        .then(|| local::control_stamp(&settings.pgdata))
+        .flatten();
     let decide = || gather::decide(settings, observer, wal, Some((wal_path, &meta)));
     let (gathered, early) = match road {
         Road::Copy(dir) if fresh => std::thread::scope(|scope| {
@@ -311,6 +378,18 @@ fn archive(
         _ => (decide(), None),
     };
     let gathered = gathered.or_else(|e| undecided(settings, wal, &meta, e))?;
+    if outside {
+        // A file that needs no decision is still never archived from a server that is
+        // not the one asked (a restored copy's new timeline).
+        let probed = match (&gathered.observation, wal) {
+            (None, WalFile::Segment(_)) => None,
+            (None, _) => probe(settings),
+            (Some(_), _) => None,
+        };
+        if let Some(obs) = gathered.observation.as_ref().or(probed.as_ref()) {
+            same_server(settings, obs, wal, control_before)?;
+        }
+    }
     let verdict = &gathered.verdict;
     let mut fields = verdict_fields(verdict);
     if let Some(obs) = &gathered.observation {

@@ -25,13 +25,25 @@ pub fn space(path: &Path) -> std::io::Result<Space> {
     })
 }
 
-/// The system identifier of the cluster in `pgdata`, from its `global/pg_control`;
-/// `None` when that file cannot be read (not a data directory, no permission).
-pub fn system_identifier(pgdata: &Path) -> Option<u64> {
-    let mut head = [0u8; 8];
+/// The first bytes of `pgdata/global/pg_control`; `None` when it cannot be read (not a
+/// data directory, no permission).
+fn control(pgdata: &Path) -> Option<[u8; 40]> {
+    let mut head = [0u8; 40];
     let mut file = std::fs::File::open(pgdata.join("global/pg_control")).ok()?;
     std::io::Read::read_exact(&mut file, &mut head).ok()?;
-    walguard_core::header::control_system_identifier(&head)
+    Some(head)
+}
+
+/// The system identifier of the cluster in `pgdata`, from its `global/pg_control`.
+pub fn system_identifier(pgdata: &Path) -> Option<u64> {
+    walguard_core::header::control_system_identifier(&control(pgdata)?)
+}
+
+/// The stamp of `pgdata/global/pg_control` (its last checkpoint and when it was
+/// written): with the system identifier, what tells this data directory's server from
+/// another of its cluster.
+pub fn control_stamp(pgdata: &Path) -> Option<walguard_core::header::ControlStamp> {
+    walguard_core::header::control_stamp(&control(pgdata)?)
 }
 
 /// What kind of recovery the server in `pgdata` is in, from its signal files: what a

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use thiserror::Error;
+use walguard_core::header::ControlStamp;
 use walguard_core::observation::{Archiver, Observation, Origin, Walsender};
 use walguard_core::units::Bytes;
 use walguard_core::wal::{Lsn, SegmentSize};
@@ -53,7 +54,8 @@ SELECT current_setting('wal_segment_size'),
        to_char(a.last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
        a.failed_count, pg_is_in_recovery(), current_user, (pg_control_system()).system_identifier,
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
-       current_setting('server_version_num')
+       current_setting('server_version_num'), (pg_control_checkpoint()).checkpoint_lsn,
+       extract(epoch FROM (pg_control_system()).pg_control_last_modified)::bigint
 FROM pg_stat_get_archiver() a;
 SELECT pg_get_userbyid(a.usesysid), a.application_name, host(a.client_addr), a.client_hostname,
        a.datid IS NOT NULL, w.*
@@ -86,6 +88,7 @@ struct ServerRow {
     role: Option<String>,
     system_identifier: Option<u64>,
     server_version: Option<u32>,
+    control: Option<ControlStamp>,
 }
 
 fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, ObserveError> {
@@ -114,6 +117,16 @@ fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, Observe
         role: text(8),
         system_identifier: row.get(9).and_then(|v| v.parse().ok()),
         server_version: row.get(11).and_then(|v| v.parse().ok()),
+        control: match (
+            lsn_at(row, 12, "checkpoint_lsn")?,
+            row.get(13).and_then(|v| v.parse().ok()),
+        ) {
+            (Some(checkpoint), Some(modified)) => Some(ControlStamp {
+                checkpoint,
+                modified,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -218,6 +231,7 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
         role: server.role,
         system_identifier: server.system_identifier,
         server_version: server.server_version,
+        control: server.control,
         walsenders,
         archiver: Some(server.archiver),
     })

@@ -132,6 +132,7 @@ pub fn observe(pgdata: &Path, segment_size: SegmentSize) -> Result<Observation, 
         role: None,
         system_identifier: None,
         server_version: None,
+        control: None,
         walsenders,
         archiver: None,
     })

@@ -679,6 +679,7 @@ mod tests {
             role: Some("walguard_role".into()),
             system_identifier: None,
             server_version: None,
+            control: None,
             walsenders,
             archiver: None,
         }

@@ -165,6 +165,46 @@ pub fn check(page: &[u8], expected: &Expected) -> Result<LongHeader, Mismatch> {
     Ok(h)
 }
 
+/// Where `ControlFileData.time` (when pg_control was last written, in Unix seconds) and
+/// `checkPoint` (the last checkpoint's position) sit in `global/pg_control`: after the
+/// system identifier, two version words and the state, 8-byte aligned, in every version
+/// from 10 to 18.
+const CONTROL_TIME_AT: usize = 24;
+const CONTROL_CHECKPOINT_AT: usize = 32;
+
+/// What tells one server's `global/pg_control` from another's of the same cluster: the
+/// last checkpoint (or restartpoint) and when the file was last written. A replica's
+/// restartpoint can sit at its primary's checkpoint position, never at the same moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlStamp {
+    pub checkpoint: Lsn,
+    pub modified: i64,
+}
+
+impl fmt::Display for ControlStamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "checkpoint {} written at {}",
+            self.checkpoint, self.modified
+        )
+    }
+}
+
+/// The stamp of a `global/pg_control` (its first 40 bytes or more).
+pub fn control_stamp(pg_control: &[u8]) -> Option<ControlStamp> {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(
+            pg_control.get(at..at + 8)?.try_into().ok()?,
+        ))
+    };
+    let checkpoint = Lsn(word(CONTROL_CHECKPOINT_AT)?);
+    (checkpoint.0 != 0).then_some(ControlStamp {
+        checkpoint,
+        modified: word(CONTROL_TIME_AT)? as i64,
+    })
+}
+
 /// The cluster's system identifier: the first field of `global/pg_control`
 /// (`ControlFileData.system_identifier`).
 pub fn control_system_identifier(pg_control: &[u8]) -> Option<u64> {

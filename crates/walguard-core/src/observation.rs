@@ -131,6 +131,10 @@ pub struct Observation {
     pub system_identifier: Option<u64>,
     /// `server_version_num` (150004 for 15.4).
     pub server_version: Option<u32>,
+    /// The server's `global/pg_control` stamp (`pg_control_checkpoint()`,
+    /// `pg_control_system()`): with the system identifier, what tells one server of a
+    /// cluster from another.
+    pub control: Option<crate::header::ControlStamp>,
     pub walsenders: Vec<Walsender>,
     /// Unknown from ps.
     pub archiver: Option<Archiver>,

@@ -90,6 +90,7 @@ fn observe_unguarded() -> Result<Observation> {
         // SAFETY: the control file is read into shared memory at start-up.
         system_identifier: Some(unsafe { pg_sys::GetSystemIdentifier() }),
         server_version: setting(c"server_version_num").and_then(|v| v.parse().ok()),
+        control: None,
         walsenders,
         archiver: None,
     })
