@@ -142,14 +142,16 @@ Exit 0: clean. Exit 1: problems found (each is listed). Exit 2: could not verify
     #[command(after_help = "\
 Examples:
   walguard --config /etc/walguard/walguard.toml cleanup --keep-backups 2 --dry-run
-  walguard --config /etc/walguard/walguard.toml cleanup --keep-backups 2     # from cron
+  walguard --config /etc/walguard/walguard.toml cleanup --keep-backups 2 --label 'nightly*'
   archive_cleanup_command = '/usr/local/bin/walguard --config /etc/walguard/walguard.toml cleanup --before %r'
 
 A file goes only when it is older than all of: what the N newest base backups need (their
-.backup labels in the archive), every listed replica's position, and --before. History
-files and the labels of kept backups stay. Exit 0: done (or nothing to do). Exit 1:
-refused: a listed replica is not connected or reports no position, or no backup label is
-in the archive. Exit 2: error.")]
+.backup labels in the archive; with --label, only those whose LABEL matches), every listed
+replica's position, and --before. History files and the labels of kept backups stay.
+--dry-run lists the kept backups with their label and start time. Exit 0: done (or nothing
+to do). Exit 1: refused: a listed replica is not connected or reports no position, or no
+(matching) backup label is in the archive. Exit 2: error, or the archive belongs to another
+cluster than the server's.")]
     Cleanup {
         /// Show what would go, and why the oldest kept file stays; delete nothing
         #[arg(long)]
@@ -157,6 +159,10 @@ in the archive. Exit 2: error.")]
         /// Keep everything the N newest base backups need
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         keep_backups: Option<u32>,
+        /// Count only the base backups whose LABEL matches this pattern (* and ?) among
+        /// the N kept, e.g. 'nightly*': replica rebuilds must not push a backup out
+        #[arg(long, value_name = "GLOB", requires = "keep_backups")]
+        label: Option<String>,
         /// Keep this segment and everything after it (%r in archive_cleanup_command)
         #[arg(long, value_name = "WAL_NAME")]
         before: Option<String>,

@@ -1,8 +1,9 @@
-//! Guarded cleanup on a real primary with two streaming replicas and two base backups:
-//! `--keep-backups 2` keeps what the older backup needs (it still restores), then
-//! `--keep-backups 1` removes what only it needed and the newer one still restores with
-//! `walguard restore`; a stopped listed replica refuses the cleanup; `verify` is clean
-//! after it.
+//! Guarded cleanup on a real primary with two streaming replicas and three base backups
+//! (a labelled nightly one, then two rebuilds): `--label` keeps the nightly one however
+//! many rebuilds follow; `--keep-backups 3` keeps what the oldest needs (it still
+//! restores), then `--keep-backups 2` removes what only it needed and the newer one still
+//! restores with `walguard restore`; a stopped listed replica refuses the cleanup;
+//! another cluster's archive is refused; `verify` is clean after it.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -72,7 +73,16 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
     let first = c.base.join("backup1");
     c.client(
         "pg_basebackup",
-        &["-D", first.to_str().unwrap(), "-X", "none", "-c", "fast"],
+        &[
+            "-D",
+            first.to_str().unwrap(),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "-l",
+            "nightly 2026-12-05",
+        ],
     )?;
     for _ in 0..3 {
         c.client("pgbench", &["-t", "200", "-c", "2", "-n", "postgres"])?;
@@ -84,12 +94,76 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
         &["-D", second.to_str().unwrap(), "-X", "none", "-c", "fast"],
     )?;
     c.client("pgbench", &["-t", "200", "-c", "2", "-n", "postgres"])?;
+    // A replica rebuilt: one more base backup, with pg_basebackup's default label.
+    let rebuild = c.base.join("rebuild");
+    c.client(
+        "pg_basebackup",
+        &["-D", rebuild.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
     c.archive_everything()?;
     c.wait_caught_up(&["r1", "r2"])?;
     let all = names(&c.archive)?;
     let labels: Vec<&String> = all.iter().filter(|n| n.ends_with(".backup")).collect();
-    assert_eq!(labels.len(), 2, "{all:?}");
+    assert_eq!(labels.len(), 3, "{all:?}");
     let second_start = &labels[1][..24];
+
+    // Counting every backup, the rebuilds push the nightly one out; counting only the
+    // nightly ones, it stays, and the dry run lists it with its label and start time.
+    let out = c.walguard(&["cleanup", "--keep-backups", "1", "--dry-run"]);
+    assert!(
+        output_text(&out).contains(&format!(
+            "the oldest kept is needed by backup {}",
+            labels[2]
+        )),
+        "{}",
+        output_text(&out)
+    );
+    let out = c.walguard(&[
+        "cleanup",
+        "--keep-backups",
+        "1",
+        "--label",
+        "nightly*",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(
+        text.contains(&format!(
+            "the oldest kept is needed by backup {}",
+            labels[0]
+        )) && text.contains(&format!("  {}  started 20", labels[0]))
+            && text.contains("label \"nightly 2026-12-05\""),
+        "{text}"
+    );
+    assert_eq!(names(&c.archive)?, all, "a dry run deleted something");
+    // Another cluster's archive (its WAL carries another system identifier): refused.
+    let foreign = c.scratch_dir("foreign")?;
+    let other = c.other_cluster("other")?;
+    fs::copy(
+        other.join("pg_wal/000000010000000000000001"),
+        foreign.join("000000010000000000000001"),
+    )?;
+    fs::copy(c.archive.join(labels[0]), foreign.join(labels[0]))?;
+    c.chown(&foreign)?;
+    let out = c.walguard(&[
+        "--archive-dir",
+        foreign.to_str().unwrap(),
+        "cleanup",
+        "--keep-backups",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("it is another cluster's archive"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(
+        fs::read_dir(&foreign)?.count(),
+        2,
+        "deleted from a foreign archive"
+    );
 
     // Neither bound: nothing is deleted, and it says why.
     let out = c.walguard(&["cleanup"]);
@@ -100,8 +174,8 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
         output_text(&out)
     );
 
-    // Both backups kept: a dry run names what would go (only what precedes the first).
-    let out = c.walguard(&["cleanup", "--keep-backups", "2", "--dry-run"]);
+    // All three kept: a dry run names what would go (only what precedes the first).
+    let out = c.walguard(&["cleanup", "--keep-backups", "3", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(
         output_text(&out).contains(&format!(
@@ -112,7 +186,7 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
         output_text(&out)
     );
     assert_eq!(names(&c.archive)?, all, "a dry run deleted something");
-    let out = c.walguard(&["cleanup", "--keep-backups", "2"]);
+    let out = c.walguard(&["cleanup", "--keep-backups", "3"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(names(&c.archive)?.iter().any(|n| n == labels[0].as_str()));
     restores(&c, "from-first", &first)?;
@@ -120,7 +194,7 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
     // A stopped listed replica refuses the cleanup, naming it.
     c.stop(c.replica("r2"))?;
     let before = names(&c.archive)?;
-    let out = c.walguard(&["cleanup", "--keep-backups", "1"]);
+    let out = c.walguard(&["cleanup", "--keep-backups", "2"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("replica app:r2 is not connected"),
@@ -136,8 +210,8 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
     c.wait_streaming(2)?;
     c.wait_caught_up(&["r1", "r2"])?;
 
-    // One backup kept: what only the first needed goes, its label with it.
-    let out = c.walguard(&["cleanup", "--keep-backups", "1"]);
+    // Two backups kept: what only the first needed goes, its label with it.
+    let out = c.walguard(&["cleanup", "--keep-backups", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let left = names(&c.archive)?;
     let segments: Vec<&String> = left.iter().filter(|n| n.ends_with(".zst")).collect();
@@ -147,7 +221,7 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
         segments[0]
     );
     assert!(
-        !left.contains(labels[0]) && left.contains(labels[1]),
+        !left.contains(labels[0]) && left.contains(labels[1]) && left.contains(labels[2]),
         "{left:?}"
     );
     assert!(c.log_text().contains("cmd=cleanup"), "{}", c.log_text());
@@ -160,6 +234,7 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
         .to_string();
     assert!(
         line.contains("decision=deleted")
+            && !line.contains(" wal=")
             && line.contains(&format!("kept_because=\"backup {}\"", labels[1])),
         "{line}"
     );

@@ -204,8 +204,9 @@ fn the_server_asked_must_be_the_one_whose_pg_wal_this_is() -> Result<()> {
         .output()?;
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        output_text(&out)
-            .contains("is not the one running this archive_command: its pg_control says"),
+        output_text(&out).contains(
+            "the server at conninfo is a primary, but this data directory's server is in recovery"
+        ),
         "{}",
         output_text(&out)
     );
@@ -221,6 +222,33 @@ fn the_server_asked_must_be_the_one_whose_pg_wal_this_is() -> Result<()> {
         output_text(&check).contains("is a standby (in recovery): walguard must ask the primary"),
         "{}",
         output_text(&check)
+    );
+    // Promoted, r1 is a primary too, and still not the one asked: its pg_control differs.
+    c.promote(r1)?;
+    wait_for(
+        "r1 to be promoted",
+        std::time::Duration::from_secs(60),
+        || {
+            Ok(
+                (c.query_on(r1, "SELECT pg_is_in_recovery()")?.as_deref() == Some("f"))
+                    .then_some(()),
+            )
+        },
+    )?;
+    c.query_on(r1, "CHECKPOINT")?;
+    let out = c
+        .as_server_user(&c.walguard)
+        .arg("--config")
+        .arg(&c.config)
+        .args(["archive", &format!("pg_wal/{theirs}"), &theirs])
+        .current_dir(&r1.data)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out)
+            .contains("is not the one running this archive_command: its pg_control says"),
+        "{}",
+        output_text(&out)
     );
     Ok(())
 }

@@ -282,6 +282,22 @@ fn same_server(
              it is not the one running this archive_command; {what_to_do}"
         );
     }
+    // A standby asking its primary (or the other way round): the same checkpoint and
+    // even the same second can be copied, the state cannot.
+    if let Some(ours) = local::control_in_recovery(&settings.pgdata)
+        && ours != obs.in_recovery
+    {
+        bail!(
+            "the server at conninfo is {}, but this data directory's server is {}: \
+             it is not the one running this archive_command; {what_to_do}",
+            if obs.in_recovery {
+                "in recovery"
+            } else {
+                "a primary"
+            },
+            if ours { "in recovery" } else { "a primary" },
+        );
+    }
     let Some(theirs) = obs.control else {
         return Ok(());
     };

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use walguard_core::cleanup::{self, Archived, Plan, Point, Refusal, Replica};
 use walguard_core::decision::{self, Reason};
 use walguard_core::logfmt::Level;
-use walguard_core::observation::Pressure;
+use walguard_core::observation::{Observation, Pressure};
 use walguard_core::wal::{SegmentId, WalFile};
 
 use super::gather;
@@ -24,6 +24,7 @@ use crate::store::cleanup as store;
 pub struct Ask<'a> {
     pub dry_run: bool,
     pub keep_backups: Option<usize>,
+    pub label: Option<&'a str>,
     pub before: Option<&'a str>,
     pub json: bool,
 }
@@ -36,7 +37,19 @@ struct CleanupView {
     kept: usize,
     /// Who needs the oldest kept file, and from where.
     kept_because: Option<String>,
+    /// The base backups kept (with --keep-backups), newest first.
+    kept_backups: Vec<BackupView>,
     refused: Option<String>,
+}
+
+#[derive(Serialize)]
+struct BackupView {
+    /// The `.backup` file in the archive.
+    file: String,
+    label: Option<String>,
+    start_time: Option<String>,
+    start_lsn: String,
+    timeline: u32,
 }
 
 /// Each listed replica's point, from the server, as the decision matches them.
@@ -87,6 +100,34 @@ fn replicas(
     Ok((replicas, obs))
 }
 
+/// The archive must be the server's cluster's, as for `archive`: deciding what to delete
+/// from another cluster's WAL by this server's replicas would delete what that cluster
+/// needs. Its newest segment's header says whose it is.
+fn same_cluster(dir: &std::path::Path, archived: &[Archived], obs: &Observation) -> Result<()> {
+    let Some(server) = obs.system_identifier else {
+        return Ok(());
+    };
+    let newest = archived
+        .iter()
+        .filter(|a| matches!(a.file, WalFile::Segment(_)))
+        .max_by(|a, b| a.file.to_string().cmp(&b.file.to_string()));
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    let head = crate::store::listing::head(&dir.join(&newest.stored), &newest.stored)
+        .with_context(|| format!("cannot read the header of {}", newest.stored))?;
+    match walguard_core::header::LongHeader::parse(&head) {
+        Some(h) if h.sysid != server => bail!(
+            "the archive {} holds WAL of system identifier {} ({}), but the server at conninfo is {server}: \
+             it is another cluster's archive (or conninfo points at another cluster); nothing was deleted",
+            dir.display(),
+            h.sysid,
+            newest.stored
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn render(v: &CleanupView) -> String {
     let mut out = String::new();
     if let Some(why) = &v.refused {
@@ -115,6 +156,20 @@ fn render(v: &CleanupView) -> String {
     if let Some(why) = &v.kept_because {
         let _ = writeln!(out, "the oldest kept is needed by {why}");
     }
+    if v.dry_run && !v.kept_backups.is_empty() {
+        let _ = writeln!(out, "base backups kept:");
+        for b in &v.kept_backups {
+            let _ = writeln!(
+                out,
+                "  {}  started {}  label {:?}  (timeline {} at {})",
+                b.file,
+                b.start_time.as_deref().unwrap_or("at an unknown time"),
+                b.label.as_deref().unwrap_or(""),
+                b.timeline,
+                b.start_lsn
+            );
+        }
+    }
     out
 }
 
@@ -138,11 +193,16 @@ pub fn run(run: &Invocation, settings: &Settings, ask: &Ask) -> Result<Exit> {
     let archived: Vec<Archived> = listing.files;
     let total = archived.len();
     let histories: BTreeMap<u32, String> = listing.histories;
+    same_cluster(dir, &archived, &obs)?;
+    let keep = ask.keep_backups.map(|count| cleanup::Keep {
+        count,
+        label: ask.label,
+    });
     let planned = cleanup::plan(
         &archived,
         &cleanup::ancestors(&histories),
         size,
-        ask.keep_backups,
+        keep,
         before,
         &replicas,
     );
@@ -167,8 +227,20 @@ pub fn run(run: &Invocation, settings: &Settings, ask: &Ask) -> Result<Exit> {
             ],
         );
     }
+    let kept_backups = plan
+        .kept_backups
+        .iter()
+        .map(|b| BackupView {
+            file: b.stored.clone(),
+            label: b.info.label.clone(),
+            start_time: b.info.start_time.clone(),
+            start_lsn: b.start.to_string(),
+            timeline: b.timeline,
+        })
+        .collect();
     let view = CleanupView {
         dry_run: ask.dry_run,
+        kept_backups,
         kept: if refused.is_some() { total } else { plan.kept },
         deleted: plan.delete,
         kept_because,

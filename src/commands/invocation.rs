@@ -28,11 +28,12 @@ pub struct Invocation {
 
 impl Invocation {
     pub fn write(&self, level: Level, decision: &str, mut fields: Vec<(&'static str, String)>) {
-        let mut all = vec![
-            ("cmd", self.cmd.to_string()),
-            ("wal", self.wal.clone()),
-            ("decision", decision.to_string()),
-        ];
+        let mut all = vec![("cmd", self.cmd.to_string())];
+        // A command about no one file (cleanup) has no wal= at all.
+        if !self.wal.is_empty() {
+            all.push(("wal", self.wal.clone()));
+        }
+        all.push(("decision", decision.to_string()));
         all.append(&mut fields);
         if let Some(via) = &self.via {
             all.push(("via", via.clone()));

@@ -129,6 +129,7 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
         Guard::Cleanup {
             dry_run,
             keep_backups,
+            label,
             before,
             json,
         } => {
@@ -136,6 +137,7 @@ fn run_guard(config: Option<&Path>, layer: Layer, guard: Guard) -> Exit {
             let ask = cleanup::Ask {
                 dry_run: *dry_run,
                 keep_backups: keep_backups.map(|n| n as usize),
+                label: label.as_deref(),
                 before: before.as_deref(),
                 json: *json,
             };

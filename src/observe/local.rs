@@ -46,6 +46,12 @@ pub fn control_stamp(pgdata: &Path) -> Option<walguard_core::header::ControlStam
     walguard_core::header::control_stamp(&control(pgdata)?)
 }
 
+/// Whether `pgdata/global/pg_control` says its server is in archive recovery (`Some(true)`)
+/// or in production (`Some(false)`).
+pub fn control_in_recovery(pgdata: &Path) -> Option<bool> {
+    walguard_core::header::control_in_recovery(&control(pgdata)?)
+}
+
 /// What kind of recovery the server in `pgdata` is in, from its signal files: what a
 /// failed `restore` must do depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, openat, statat, unlinkat};
-use walguard_core::cleanup::Archived;
+use walguard_core::cleanup::{self, Archived};
 use walguard_core::wal::WalFile;
 
 use super::StoreError;
-use super::copy::ZSTD_SUFFIX;
 
 /// The WAL files in the archive (never the temp area, never a file of another name) and
 /// the history files' text.
@@ -19,33 +18,38 @@ pub struct Listing {
 }
 
 pub fn list(dir: &Path) -> Result<Listing, StoreError> {
-    let io_err = |what, source| StoreError::Io {
-        what,
-        path: dir.to_path_buf(),
-        source,
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io {
+            what: "cannot read",
+            path,
+            source,
+        }
     };
+    let (names, _) = super::listing::names(dir)?;
     let mut listing = Listing {
         files: Vec::new(),
         histories: BTreeMap::new(),
     };
-    for entry in
-        std::fs::read_dir(dir).map_err(|e| io_err("cannot list the archive directory", e))?
-    {
-        let entry = entry.map_err(|e| io_err("cannot list the archive directory", e))?;
-        let stored = entry.file_name().to_string_lossy().into_owned();
-        let Ok(file) = stored
-            .strip_suffix(ZSTD_SUFFIX)
-            .unwrap_or(&stored)
-            .parse::<WalFile>()
-        else {
-            continue;
+    for (stored, file) in names {
+        let path = dir.join(&stored);
+        let backup = match &file {
+            WalFile::History(tli) => {
+                let text = std::fs::read_to_string(&path).map_err(read_err(&path))?;
+                listing.histories.insert(*tli, text);
+                None
+            }
+            // A label that cannot be read counts as a backup without a label.
+            WalFile::Backup(..) => std::fs::read_to_string(&path)
+                .ok()
+                .map(|text| cleanup::backup_info(&text)),
+            _ => None,
         };
-        if let WalFile::History(tli) = file {
-            let text = std::fs::read_to_string(entry.path())
-                .map_err(|e| io_err("cannot read a history file in", e))?;
-            listing.histories.insert(tli, text);
-        }
-        listing.files.push(Archived { stored, file });
+        listing.files.push(Archived {
+            stored,
+            file,
+            backup,
+        });
     }
     Ok(listing)
 }

@@ -23,6 +23,15 @@ pub struct Others {
     pub temporary: usize,
 }
 
+/// The first page of an archived file (decompressed): enough for its long header.
+pub fn head(path: &Path, stored: &str) -> std::io::Result<Vec<u8>> {
+    let mut content = reader(File::open(path)?, stored)?;
+    let mut head = vec![0u8; LONG_HEADER_LEN];
+    let n = read_full(&mut content, &mut head)?;
+    head.truncate(n);
+    Ok(head)
+}
+
 /// The facts about one archived file.
 fn facts(path: &Path, stored: &str, file: WalFile) -> FileFacts {
     let compressed = stored.ends_with(ZSTD_SUFFIX);
@@ -72,17 +81,16 @@ fn facts(path: &Path, stored: &str, file: WalFile) -> FileFacts {
     facts
 }
 
-/// Calls `each` with the facts of every WAL file in `dir`. Reading (decompressing, for
-/// `.zst` files) runs on every core, a file at a time each; `each` runs on the calling
-/// thread, in no particular order. Only names are held, never contents.
-pub fn scan(dir: &Path, mut each: impl FnMut(FileFacts)) -> Result<Others, StoreError> {
+/// Every WAL file in the archive directory `dir` (stored name and what it is), and what
+/// else is there: the one listing `verify` and `cleanup` work from. Never the temp area.
+pub fn names(dir: &Path) -> Result<(Vec<(String, WalFile)>, Others), StoreError> {
     let listing_err = |source| StoreError::Io {
         what: "cannot list the archive directory",
         path: dir.to_path_buf(),
         source,
     };
     let mut others = Others::default();
-    let mut work: Vec<(String, WalFile)> = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(listing_err)? {
         let entry = entry.map_err(listing_err)?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -95,10 +103,18 @@ pub fn scan(dir: &Path, mut each: impl FnMut(FileFacts)) -> Result<Others, Store
             .unwrap_or(&name)
             .parse::<WalFile>()
         {
-            Ok(file) => work.push((name, file)),
+            Ok(file) => files.push((name, file)),
             Err(_) => others.foreign.push(name),
         }
     }
+    Ok((files, others))
+}
+
+/// Calls `each` with the facts of every WAL file in `dir`. Reading (decompressing, for
+/// `.zst` files) runs on every core, a file at a time each; `each` runs on the calling
+/// thread, in no particular order. Only names are held, never contents.
+pub fn scan(dir: &Path, mut each: impl FnMut(FileFacts)) -> Result<Others, StoreError> {
+    let (work, others) = names(dir)?;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(work.len().max(1));

@@ -4,6 +4,8 @@
 //! where each starts), every listed replica (its position), and the operator's
 //! `--before`. A file goes only when it lies on the history of every party's timeline and
 //! ends before every party's point; history files and the labels of kept backups never go.
+//! With a label pattern, only the backups whose `LABEL:` matches count among the N kept:
+//! a replica rebuilt with `pg_basebackup` must not push the nightly backup out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,6 +27,76 @@ pub struct Archived {
     /// Its name in the archive (`NAME` or `NAME.zst`).
     pub stored: String,
     pub file: WalFile,
+    /// For a backup label file: what it says (`None` when it could not be read).
+    pub backup: Option<BackupInfo>,
+}
+
+/// What a `.backup` file says of its backup, for choosing and showing the kept ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// `LABEL:` (pg_basebackup's `-l`, or `pg_backup_start`'s label).
+    pub label: Option<String>,
+    /// `START TIME:`, as the server wrote it.
+    pub start_time: Option<String>,
+}
+
+/// The label and start time from a `.backup` file's text.
+pub fn backup_info(text: &str) -> BackupInfo {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    BackupInfo {
+        label: field("LABEL:"),
+        start_time: field("START TIME:"),
+    }
+}
+
+/// `text` matches the shell-style `pattern`: `*` any run of characters, `?` any one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Greedy with one backtrack point: the last `*` and where it started matching.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Which base backups to keep: the `count` newest, among those whose label matches
+/// `label` when given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep<'a> {
+    pub count: usize,
+    pub label: Option<&'a str>,
+}
+
+/// A base backup kept, for the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptBackup {
+    pub stored: String,
+    pub timeline: u32,
+    pub start: Lsn,
+    pub info: BackupInfo,
 }
 
 /// A listed replica, as the server reports it.
@@ -43,8 +115,11 @@ pub enum Replica {
 pub enum Refusal {
     /// Neither `--keep-backups` nor `--before`: nothing says what is old enough.
     NoBound,
-    /// `--keep-backups` with no backup label in the archive: no backup is known.
-    NoBackups,
+    /// `--keep-backups` with no backup label in the archive (matching `--label`, when
+    /// given): no backup is known.
+    NoBackups {
+        label: Option<String>,
+    },
     Replica {
         entry: String,
         why: String,
@@ -57,8 +132,12 @@ impl fmt::Display for Refusal {
             Refusal::NoBound => f.write_str(
                 "nothing to delete: give --keep-backups N (keep what the N newest base backups need) or --before WAL_NAME",
             ),
-            Refusal::NoBackups => f.write_str(
+            Refusal::NoBackups { label: None } => f.write_str(
                 "no base backup label (.backup file) is in the archive: with --keep-backups, walguard keeps everything until it sees a backup",
+            ),
+            Refusal::NoBackups { label: Some(glob) } => write!(
+                f,
+                "no base backup label (.backup file) in the archive has a LABEL matching {glob:?}: with --keep-backups, walguard keeps everything until it sees such a backup",
             ),
             Refusal::Replica { entry, why } => write!(
                 f,
@@ -76,19 +155,19 @@ pub struct Plan {
     pub kept: usize,
     /// The party whose point the oldest kept segment is needed by (the bound that binds).
     pub bound: Option<Point>,
+    /// The base backups kept, newest first.
+    pub kept_backups: Vec<KeptBackup>,
 }
 
 /// The timelines a timeline descends from, from the history files' text (`parent switch
-/// reason` per line); a timeline whose history file is missing has none known.
+/// reason` per line); a timeline whose history file is missing or unreadable has none
+/// known (its files are then kept for the parties on other timelines).
 pub fn ancestors(histories: &BTreeMap<u32, String>) -> BTreeMap<u32, BTreeSet<u32>> {
     histories
         .iter()
-        .map(|(&tli, text)| {
-            let parents = text
-                .lines()
-                .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
-                .collect();
-            (tli, parents)
+        .filter_map(|(&tli, text)| {
+            let lines = crate::wal::parse_history(text).ok()?;
+            Some((tli, lines.into_iter().map(|(parent, _)| parent).collect()))
         })
         .collect()
 }
@@ -104,17 +183,17 @@ pub fn backup_start(file: &WalFile, size: SegmentSize) -> Option<(u32, Lsn)> {
     }
 }
 
-/// The plan over `listing`: `keep_backups` newest backups, `before`, and the replicas'
+/// The plan over `listing`: `keep` newest backups, `before`, and the replicas'
 /// positions are the parties; every one must be past a file for it to go.
 pub fn plan(
     listing: &[Archived],
     histories: &BTreeMap<u32, BTreeSet<u32>>,
     size: SegmentSize,
-    keep_backups: Option<usize>,
+    keep: Option<Keep>,
     before: Option<Point>,
     replicas: &[Replica],
 ) -> Result<Plan, Refusal> {
-    if keep_backups.is_none() && before.is_none() {
+    if keep.is_none() && before.is_none() {
         return Err(Refusal::NoBound);
     }
     let mut parties: Vec<Point> = Vec::new();
@@ -130,24 +209,45 @@ pub fn plan(
         }
     }
     parties.extend(before);
-    // The N newest backups, by where they start.
-    let mut backups: Vec<(Lsn, u32, &Archived)> = listing
-        .iter()
-        .filter_map(|a| backup_start(&a.file, size).map(|(tli, lsn)| (lsn, tli, a)))
-        .collect();
-    backups.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-    let kept_labels: BTreeSet<&str> = match keep_backups {
-        Some(n) => {
+    let mut plan = Plan::default();
+    // The N newest backups (whose label matches), by where they start.
+    let kept_labels: BTreeSet<&str> = match keep {
+        Some(Keep { count, label }) => {
+            let matches = |a: &Archived| match label {
+                None => true,
+                Some(glob) => a
+                    .backup
+                    .as_ref()
+                    .and_then(|b| b.label.as_deref())
+                    .is_some_and(|l| glob_match(glob, l)),
+            };
+            let mut backups: Vec<(Lsn, u32, &Archived)> = listing
+                .iter()
+                .filter(|a| matches(a))
+                .filter_map(|a| backup_start(&a.file, size).map(|(tli, lsn)| (lsn, tli, a)))
+                .collect();
             if backups.is_empty() {
-                return Err(Refusal::NoBackups);
+                return Err(Refusal::NoBackups {
+                    label: label.map(str::to_string),
+                });
             }
-            let kept = &backups[..n.min(backups.len())];
-            parties.extend(kept.iter().map(|(lsn, tli, a)| Point {
+            backups.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+            backups.truncate(count);
+            parties.extend(backups.iter().map(|(lsn, tli, a)| Point {
                 timeline: *tli,
                 lsn: *lsn,
                 who: format!("backup {}", a.stored),
             }));
-            kept.iter().map(|(_, _, a)| a.stored.as_str()).collect()
+            plan.kept_backups = backups
+                .iter()
+                .map(|(lsn, tli, a)| KeptBackup {
+                    stored: a.stored.clone(),
+                    timeline: *tli,
+                    start: *lsn,
+                    info: a.backup.clone().unwrap_or_default(),
+                })
+                .collect();
+            backups.iter().map(|(_, _, a)| a.stored.as_str()).collect()
         }
         None => BTreeSet::new(),
     };
@@ -160,7 +260,6 @@ pub fn plan(
     // A file ends before a party's point when its last byte is below the point; a file
     // at a given position is the segment that holds that position.
     let before_all = |tli: u32, end: Lsn| parties.iter().all(|p| on_path(tli, p) && end <= p.lsn);
-    let mut plan = Plan::default();
     let mut doomed: Vec<(Lsn, u32, &str)> = Vec::new();
     for a in listing {
         let gone = match &a.file {
@@ -223,10 +322,15 @@ mod tests {
         Archived {
             stored: format!("{id}.zst"),
             file: WalFile::Segment(id),
+            backup: None,
         }
     }
 
     fn label(tli: u32, n: u32, offset: u32) -> Archived {
+        labelled(tli, n, offset, "nightly")
+    }
+
+    fn labelled(tli: u32, n: u32, offset: u32, text: &str) -> Archived {
         let id = SegmentId {
             timeline: tli,
             log: 0,
@@ -235,13 +339,22 @@ mod tests {
         Archived {
             stored: format!("{id}.{offset:08X}.backup"),
             file: WalFile::Backup(id, offset),
+            backup: Some(BackupInfo {
+                label: Some(text.to_string()),
+                start_time: Some(format!("2026-12-0{} 03:00:00 UTC", n % 9 + 1)),
+            }),
         }
+    }
+
+    fn keep(count: usize) -> Option<Keep<'static>> {
+        Some(Keep { count, label: None })
     }
 
     fn history(tli: u32) -> Archived {
         Archived {
             stored: format!("{tli:08X}.history"),
             file: WalFile::History(tli),
+            backup: None,
         }
     }
 
@@ -269,7 +382,7 @@ mod tests {
             &listing(),
             &none,
             mib16(),
-            Some(1),
+            keep(1),
             None,
             &[at(1, 0xC00_0000, "app:r1")],
         )
@@ -282,14 +395,14 @@ mod tests {
             "backup 000000010000000000000008.00000060.backup"
         );
         // Two kept: only 1 and 2 go.
-        let p = plan(&listing(), &none, mib16(), Some(2), None, &[]).unwrap();
+        let p = plan(&listing(), &none, mib16(), keep(2), None, &[]).unwrap();
         assert_eq!(p.delete, vec![seg(1, 1).stored, seg(1, 2).stored]);
         // A replica behind the backup binds instead, and says where it is.
         let p = plan(
             &listing(),
             &none,
             mib16(),
-            Some(1),
+            keep(1),
             None,
             &[at(1, 0x5A0_0000, "app:r2 at 0/5A00000")],
         )
@@ -305,7 +418,7 @@ mod tests {
             },
             mib16(),
         );
-        let p = plan(&listing(), &none, mib16(), Some(1), before, &[]).unwrap();
+        let p = plan(&listing(), &none, mib16(), keep(1), before, &[]).unwrap();
         assert_eq!(p.delete, vec![seg(1, 1).stored]);
     }
 
@@ -318,14 +431,14 @@ mod tests {
         );
         let no_labels: Vec<Archived> = (1..=3).map(|n| seg(1, n)).collect();
         assert_eq!(
-            plan(&no_labels, &none, mib16(), Some(1), None, &[]),
-            Err(Refusal::NoBackups)
+            plan(&no_labels, &none, mib16(), keep(1), None, &[]),
+            Err(Refusal::NoBackups { label: None })
         );
         let down = Replica::Unknown {
             entry: "app:r2".into(),
             why: "is not connected".into(),
         };
-        let err = plan(&listing(), &none, mib16(), Some(1), None, &[down]).unwrap_err();
+        let err = plan(&listing(), &none, mib16(), keep(1), None, &[down]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "replica app:r2 is not connected: it may need the archive to come back, so nothing is deleted"
@@ -346,7 +459,7 @@ mod tests {
             &l,
             &histories,
             mib16(),
-            Some(1),
+            keep(1),
             None,
             &[at(2, 0x900_0000, "app:r1")],
         )
@@ -374,7 +487,7 @@ mod tests {
             &l,
             &BTreeMap::new(),
             mib16(),
-            Some(1),
+            keep(1),
             None,
             &[at(2, 0x900_0000, "app:r1")],
         )
@@ -386,47 +499,131 @@ mod tests {
         );
     }
 
+    #[test]
+    fn labels_choose_the_backups_that_count() {
+        let none = BTreeMap::new();
+        // The nightly backup (segment 3), then two replica rebuilds (6 and 9).
+        let mut l: Vec<Archived> = (1..=12).map(|n| seg(1, n)).collect();
+        l.push(labelled(1, 3, 0x28, "nightly 2026-12-05"));
+        l.push(labelled(1, 6, 0x28, "pg_basebackup base backup"));
+        l.push(labelled(1, 9, 0x28, "pg_basebackup base backup"));
+        let nightly = Some(Keep {
+            count: 1,
+            label: Some("nightly*"),
+        });
+        let p = plan(&l, &none, mib16(), nightly, None, &[]).unwrap();
+        assert_eq!(p.delete, vec![seg(1, 1).stored, seg(1, 2).stored]);
+        assert_eq!(p.kept_backups.len(), 1);
+        assert_eq!(
+            p.kept_backups[0].info.label.as_deref(),
+            Some("nightly 2026-12-05")
+        );
+        // Without the label, the rebuilds push it out.
+        let p = plan(&l, &none, mib16(), keep(1), None, &[]).unwrap();
+        assert!(p.delete.contains(&seg(1, 3).stored));
+        // A pattern nothing matches refuses, naming it.
+        let err = plan(
+            &l,
+            &none,
+            mib16(),
+            Some(Keep {
+                count: 1,
+                label: Some("weekly*"),
+            }),
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"weekly*\""), "{err}");
+        assert_eq!(
+            backup_info(
+                "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIME: 2026-12-06 03:00:00 UTC\nLABEL: nightly x\n"
+            ),
+            BackupInfo {
+                label: Some("nightly x".into()),
+                start_time: Some("2026-12-06 03:00:00 UTC".into())
+            }
+        );
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("nightly*", "nightly 2026", true),
+            ("*nightly*", "pre nightly post", true),
+            ("n?ght*", "night", true),
+            ("nightly", "nightly x", false),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("", "x", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} {t}");
+        }
+    }
+
     proptest! {
-        /// For any archive, backups and replica positions, nothing a kept backup or a
-        /// listed replica needs is selected, and everything selected ends before them all.
+        /// For any archive over two timelines, labelled backups and replica positions,
+        /// nothing a kept backup or a listed replica needs is selected, a kept backup's own
+        /// label file never is, and everything older than all of them is.
         #[test]
         fn nothing_needed_is_ever_selected(
             segs in proptest::collection::btree_set(1u32..120, 1..80),
-            labels in proptest::collection::vec((1u32..120, 0u32..0x100_0000), 0..6),
-            keep in 1usize..4,
+            labels in proptest::collection::vec((1u32..120, 0u32..0x100_0000, any::<bool>()), 0..6),
+            keep_n in 1usize..4,
+            by_label in any::<bool>(),
             replicas in proptest::collection::vec(0u64..(130 << 24), 0..4),
             before in proptest::option::of(1u32..130),
+            switch in 40u32..80,
         ) {
             let size = mib16();
-            let mut l: Vec<Archived> = segs.iter().map(|&n| seg(1, n)).collect();
-            l.extend(labels.iter().map(|&(n, off)| label(1, n, off & !7)));
-            let reps: Vec<Replica> = replicas.iter().map(|&p| at(1, p, "r")).collect();
-            let before = before.and_then(|n| before_point(SegmentId { timeline: 1, log: 0, seg: n }, size));
-            let Ok(p) = plan(&l, &BTreeMap::new(), size, Some(keep), before.clone(), &reps) else {
-                prop_assert!(labels.is_empty());
+            // Timeline 1 up to the switch, timeline 2 from it on (its history says so).
+            let tli = |n: u32| if n < switch { 1 } else { 2 };
+            let mut l: Vec<Archived> = segs.iter().map(|&n| seg(tli(n), n)).collect();
+            l.push(history(2));
+            l.extend(labels.iter().map(|&(n, off, nightly)| {
+                labelled(tli(n), n, off & !7, if nightly { "nightly" } else { "pg_basebackup base backup" })
+            }));
+            let histories = ancestors(&BTreeMap::from([(2, format!("1\t0/{:X}\tpromoted\n", u64::from(switch) << 24))]));
+            let reps: Vec<Replica> = replicas.iter().map(|&p| at(2, p.max(u64::from(switch) << 24), "r")).collect();
+            let before = before.and_then(|n| before_point(SegmentId { timeline: tli(n), log: 0, seg: n }, size));
+            let label = by_label.then_some("nightly*");
+            let counted: Vec<&(u32, u32, bool)> = labels.iter().filter(|l| !by_label || l.2).collect();
+            let Ok(p) = plan(&l, &histories, size, Some(Keep { count: keep_n, label }), before.clone(), &reps) else {
+                prop_assert!(counted.is_empty());
                 return Ok(());
             };
-            // The points every party needs from.
-            let mut starts: Vec<(u64, u32)> = labels.iter().map(|&(n, off)| ((u64::from(n) << 24) + u64::from(off & !7), n)).collect();
+            // The points every party needs from: the kept backups' own, exact names too.
+            let mut starts: Vec<(u64, String)> = counted
+                .iter()
+                .map(|&&(n, off, nightly)| {
+                    let a = labelled(tli(n), n, off & !7, if nightly { "nightly" } else { "x" });
+                    ((u64::from(n) << 24) + u64::from(off & !7), a.stored)
+                })
+                .collect();
             starts.sort_by(|a, b| b.cmp(a));
-            let mut needs: Vec<u64> = starts.iter().take(keep).map(|s| s.0).collect();
-            needs.extend(replicas.iter().copied());
+            starts.truncate(keep_n);
+            let mut needs: Vec<u64> = starts.iter().map(|s| s.0).collect();
+            needs.extend(reps.iter().filter_map(|r| match r { Replica::At(p) => Some(p.lsn.0), _ => None }));
             needs.extend(before.iter().map(|b| b.lsn.0));
-            let kept_labels: Vec<String> = starts.iter().take(keep).map(|&(_, n)| label(1, n, 0).stored).collect();
+            for (_, kept) in &starts {
+                prop_assert!(!p.delete.contains(kept), "a kept backup's label went: {}", kept);
+            }
             for d in &p.delete {
+                prop_assert!(!d.ends_with(".history"));
                 let n = u64::from(u32::from_str_radix(&d[16..24], 16).unwrap());
                 if d.ends_with(".backup") {
                     let off = u64::from_str_radix(&d[25..33], 16).unwrap();
-                    prop_assert!(needs.iter().all(|&x| (n << 24) + off <= x), "{d} deleted, needed: {needs:?}");
-                    prop_assert!(!kept_labels.iter().any(|k| k[..24] == d[..24] && d[25..33] == k[25..33]), "a kept backup's label went: {d}");
+                    prop_assert!(needs.iter().all(|&x| (n << 24) + off <= x), "{} deleted, needed: {:?}", d, needs);
                 } else {
-                    prop_assert!(needs.iter().all(|&x| (n + 1) << 24 <= x), "{d} deleted, needed: {needs:?}");
+                    prop_assert!(needs.iter().all(|&x| (n + 1) << 24 <= x), "{} deleted, needed: {:?}", d, needs);
                 }
             }
-            // And everything older than all of them is selected.
+            // Everything older than all of them is selected, on either timeline (timeline 1
+            // is on the history of every party, which all stand on 1 or 2).
             let bound = needs.iter().copied().min().unwrap();
             for &n in &segs {
-                let selected = p.delete.contains(&seg(1, n).stored);
+                let selected = p.delete.contains(&seg(tli(n), n).stored);
                 prop_assert_eq!(selected, (u64::from(n) + 1) << 24 <= bound, "segment {}, bound {:X}", n, bound);
             }
         }

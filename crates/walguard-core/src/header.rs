@@ -191,6 +191,27 @@ impl fmt::Display for ControlStamp {
     }
 }
 
+/// Where `ControlFileData.state` (a `DBState`) sits in `global/pg_control`.
+const CONTROL_STATE_AT: usize = 16;
+
+/// Whether the server of a `global/pg_control` is in archive recovery (a standby, or
+/// recovering from an archive) or in production (a primary); `None` for the other states
+/// (starting, shut down, in crash recovery), which no server that answers is in.
+pub fn control_in_recovery(pg_control: &[u8]) -> Option<bool> {
+    let state = u32::from_ne_bytes(
+        pg_control
+            .get(CONTROL_STATE_AT..CONTROL_STATE_AT + 4)?
+            .try_into()
+            .ok()?,
+    );
+    // DB_IN_ARCHIVE_RECOVERY = 5, DB_IN_PRODUCTION = 6, in every version from 10 to 18.
+    match state {
+        5 => Some(true),
+        6 => Some(false),
+        _ => None,
+    }
+}
+
 /// The stamp of a `global/pg_control` (its first 40 bytes or more).
 pub fn control_stamp(pg_control: &[u8]) -> Option<ControlStamp> {
     let word = |at: usize| -> Option<u64> {

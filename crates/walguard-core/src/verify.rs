@@ -140,32 +140,6 @@ impl Timeline {
     }
 }
 
-/// A parsed history file: each line is `parent-timeline  switch-point  reason`.
-fn parse_history(text: &str) -> Result<Vec<(u32, Lsn)>, String> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        let (Some(tli), Some(lsn)) = (words.next(), words.next()) else {
-            return Err(format!(
-                "line {} is not `timeline switch-point reason`",
-                n + 1
-            ));
-        };
-        let tli: u32 = tli
-            .parse()
-            .map_err(|_| format!("line {}: {tli:?} is not a timeline", n + 1))?;
-        let lsn: Lsn = lsn
-            .parse()
-            .map_err(|_| format!("line {}: {lsn:?} is not a WAL position", n + 1))?;
-        out.push((tli, lsn));
-    }
-    Ok(out)
-}
-
 /// The verdict on an archive, built one file at a time.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -215,7 +189,7 @@ impl Report {
         }
         match &f.file {
             WalFile::Segment(id) => self.add_segment(*id, &f),
-            WalFile::History(tli) => match f.history.as_deref().map(parse_history) {
+            WalFile::History(tli) => match f.history.as_deref().map(crate::wal::parse_history) {
                 Some(Ok(lines)) => {
                     self.histories.insert(*tli, lines);
                 }

@@ -217,6 +217,34 @@ impl WalFile {
     }
 }
 
+/// A timeline history file (`NNNNNNNN.history`): each line is `parent-timeline
+/// switch-point reason`, oldest first; the last names the direct parent. Strict: a line
+/// that is not of that form is an error, never skipped.
+pub fn parse_history(text: &str) -> Result<Vec<(u32, Lsn)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (words.next(), words.next()) else {
+            return Err(format!(
+                "line {} is not `timeline switch-point reason`",
+                n + 1
+            ));
+        };
+        let tli: u32 = tli
+            .parse()
+            .map_err(|_| format!("line {}: {tli:?} is not a timeline", n + 1))?;
+        let lsn: Lsn = lsn
+            .parse()
+            .map_err(|_| format!("line {}: {lsn:?} is not a WAL position", n + 1))?;
+        out.push((tli, lsn));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
