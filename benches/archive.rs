@@ -824,6 +824,7 @@ fn main() -> Result<()> {
             walguard_core::cleanup::Archived {
                 stored: format!("{id}.zst"),
                 file: walguard_core::wal::WalFile::Segment(id),
+                backup: None,
             }
         })
         .chain((1..=10u64).map(|k| {
@@ -835,6 +836,7 @@ fn main() -> Result<()> {
             walguard_core::cleanup::Archived {
                 stored: format!("{id}.00000028.backup"),
                 file: walguard_core::wal::WalFile::Backup(id, 0x28),
+                backup: None,
             }
         }))
         .collect();
@@ -850,7 +852,10 @@ fn main() -> Result<()> {
         &synthetic_names,
         &Default::default(),
         size16,
-        Some(2),
+        Some(walguard_core::cleanup::Keep {
+            count: 2,
+            label: None,
+        }),
         None,
         &replicas_at,
     )
