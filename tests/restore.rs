@@ -127,6 +127,7 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
         Ok(c.archive.join("00000002.history").exists().then_some(()))
     })?;
     c.query_on(r1, "INSERT INTO marks VALUES ('after the failover')")?;
+    c.switch_wal_on(r1)?;
     let last = c.switch_wal_on(r1)?;
     assert!(last.starts_with("00000002"), "{last}");
     c.wait_log_line(&format!("wal={last} decision=archived"))?;
@@ -172,6 +173,23 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
         "{text}"
     );
     assert!(!text.contains("problem:"), "{text}");
+    // Without the new timeline's first segment (the one holding the switch point), no
+    // server could follow the failover: not clean.
+    let dir = archive_copy(&c, "no-switch-segment")?;
+    let mut tl2: Vec<String> = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("00000002") && n.ends_with(".zst"))
+        .collect();
+    tl2.sort();
+    fs::remove_file(dir.join(&tl2[0]))?;
+    let out = c.walguard(&["--archive-dir", dir.to_str().unwrap(), "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("a server cannot follow the switch"),
+        "{}",
+        output_text(&out)
+    );
     Ok(())
 }
 
@@ -316,6 +334,26 @@ fn a_restored_copy_never_archives_into_production() -> Result<()> {
     c.wait_log_line(&format!("wal={mine} decision=archived"))?;
     let out = c.walguard(&["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    // Had the copy's files gone in (as they did before walguard checked), verify would
+    // not call the archive clean: no server follows timeline 2.
+    let polluted = archive_copy(&c, "polluted")?;
+    fs::copy(
+        copy.data.join("pg_wal/00000002.history"),
+        polluted.join("00000002.history"),
+    )?;
+    fs::copy(
+        copy.data.join("pg_wal").join(&theirs),
+        polluted.join(&theirs),
+    )?;
+    c.chown(&polluted)?;
+    let out = c.walguard(&["--archive-dir", polluted.to_str().unwrap(), "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out)
+            .contains("timeline 2 is neither the server's timeline 1 nor on its history"),
+        "{}",
+        output_text(&out)
+    );
     Ok(())
 }
 
@@ -413,6 +451,21 @@ fn verify_finds_every_kind_of_damage_and_calls_clean_clean() -> Result<()> {
                 })
             },
             format!("{stem} and {stem}.zst are both in the archive"),
+        ),
+        (
+            "a page header",
+            {
+                let st = st.clone();
+                let m = middle.clone();
+                Box::new(move |d: &Path| {
+                    let mut full = zstd::decode_all(fs::File::open(d.join(&m))?)?;
+                    // The second page's position, as a misplaced page would have it.
+                    full[8192 + 8..8192 + 16].copy_from_slice(&u64::MAX.to_ne_bytes());
+                    fs::remove_file(d.join(&m))?;
+                    Ok(fs::write(d.join(&st), &full)?)
+                })
+            },
+            format!("{stem}: page at byte 8192: WAL header field xlp_"),
         ),
     ];
     for (case, damage, says) in cases {

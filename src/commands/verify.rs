@@ -205,7 +205,8 @@ pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
     let mut report = Report::new(server.map(|o| o.segment_size), sysid);
     let others = listing::scan(dir, |facts| report.add(facts))
         .hint("check archive_dir and that you may read it")?;
-    let report = report.finish();
+    // The server's timeline (a primary's), to find timelines no server follows.
+    let report = report.finish(server.filter(|o| !o.in_recovery).and_then(|o| o.timeline));
     let (replicas, server) = match &observed {
         Ok(obs) => match coverage(settings, &report, obs) {
             Ok(r) => (Some(r), None),

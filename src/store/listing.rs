@@ -1,13 +1,16 @@
 //! Reading the archive for `verify`: every file once, streaming, in constant memory. A
-//! plain segment costs a stat and its first page; a `.zst` is decompressed to the end
-//! (its checksum is the only proof it is whole); a history file is read as text.
+//! segment is read whole (a `.zst` decompressed: its checksum is the only proof it is
+//! whole), every page header checked on the way; a history file is read as text.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use walguard_core::header::LONG_HEADER_LEN;
+use walguard_core::header::{
+    LONG_HEADER_LEN, LongHeader, PageExpected, SHORT_HEADER_LEN, check_page,
+};
 use walguard_core::verify::FileFacts;
+use walguard_core::wal::Lsn;
 use walguard_core::wal::WalFile;
 
 use super::StoreError;
@@ -43,6 +46,7 @@ fn facts(path: &Path, stored: &str, file: WalFile) -> FileFacts {
         damage: None,
         head: Vec::new(),
         history: None,
+        bad_page: None,
     };
     let opened = File::open(path).and_then(|f| {
         let len = f.metadata()?.len();
@@ -65,8 +69,13 @@ fn facts(path: &Path, stored: &str, file: WalFile) -> FileFacts {
                 facts.history = Some(text);
                 Ok(None)
             }
+            WalFile::Segment(id) => {
+                let (bytes, bad_page) = pages(&mut content, &head, id.timeline)?;
+                facts.bad_page = bad_page;
+                Ok(Some(bytes))
+            }
             // Only a compressed file must be read to the end to know its length and
-            // that its checksum holds.
+            // that its checksum holds; a `.partial` ends in whatever the file held.
             _ if compressed => Ok(Some(
                 n as u64 + std::io::copy(&mut content, &mut std::io::sink())?,
             )),
@@ -79,6 +88,70 @@ fn facts(path: &Path, stored: &str, file: WalFile) -> FileFacts {
     }
     facts.head = head;
     facts
+}
+
+/// Reads the rest of a segment whose first bytes are `head`, checking the short header
+/// of every later page against the first page's magic and position; returns its whole
+/// length and the first page that is wrong. Page size and position come from the long
+/// header (a first page too damaged to tell is the header check's finding).
+fn pages(
+    content: &mut dyn Read,
+    head: &[u8],
+    timeline: u32,
+) -> std::io::Result<(u64, Option<String>)> {
+    let first = LongHeader::parse(head);
+    let page = first
+        .map(|h| h.block_size as usize)
+        .filter(|b| b.is_power_of_two() && (1024..=65536).contains(b));
+    let mut total = head.len() as u64;
+    let (Some(first), Some(page)) = (first, page) else {
+        return Ok((total + std::io::copy(content, &mut std::io::sink())?, None));
+    };
+    let mut bad = None;
+    let mut empty_from: Option<u64> = None;
+    let mut buf = vec![0u8; 1 << 20];
+    // Where the next page header starts, counted from the start of the file.
+    let mut next_page = page as u64;
+    loop {
+        // Reads end on whole MiBs of the file, which every page size divides: no page
+        // header is ever split between two reads.
+        let want = buf.len() - (total % buf.len() as u64) as usize;
+        let n = read_full(content, &mut buf[..want])?;
+        if n == 0 {
+            return Ok((total, bad));
+        }
+        let chunk_start = total;
+        total += n as u64;
+        while bad.is_none() && next_page + SHORT_HEADER_LEN as u64 <= total {
+            let at = (next_page - chunk_start) as usize;
+            let expected = PageExpected {
+                magic: first.magic,
+                pageaddr: Lsn(first.pageaddr.0 + next_page),
+                max_timeline: timeline,
+            };
+            if let Some(header) = buf.get(at..at + SHORT_HEADER_LEN) {
+                // After a segment switch (pg_switch_wal, archive_timeout) PostgreSQL 11+
+                // zeroes the rest of the segment, page headers included: from the first
+                // empty header on, every header must be empty.
+                let empty = header.iter().all(|&b| b == 0);
+                bad = match (empty, empty_from) {
+                    (true, None) => {
+                        empty_from = Some(next_page);
+                        None
+                    }
+                    (true, Some(_)) => None,
+                    (false, Some(from)) => Some(format!(
+                        "page at byte {next_page} has a header after the empty page at byte {from}: the segment is damaged"
+                    )),
+                    (false, None) => check_page(header, &expected)
+                        .err()
+                        .map(|m| format!("page at byte {next_page}: {m}")),
+                };
+            }
+            next_page += page as u64;
+        }
+        // After a bad page, read on: the length and a compressed file's checksum count.
+    }
 }
 
 /// Every WAL file in the archive directory `dir` (stored name and what it is), and what

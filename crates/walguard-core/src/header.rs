@@ -226,6 +226,70 @@ pub fn control_stamp(pg_control: &[u8]) -> Option<ControlStamp> {
     })
 }
 
+/// Bytes of the short page header every later page of a segment starts with
+/// (`XLogPageHeaderData`, MAXALIGNed).
+pub const SHORT_HEADER_LEN: usize = 24;
+
+/// The `xlp_info` bits PostgreSQL 10 to 18 define (`XLP_ALL_FLAGS`).
+const XLP_ALL_FLAGS: u16 = 0x000F;
+
+/// What a later page of a segment must say: the segment's magic, its own position, and
+/// a timeline no newer than the segment's (the first segment of a new timeline starts as
+/// a copy of the old one's pages).
+#[derive(Clone, Copy, Debug)]
+pub struct PageExpected {
+    pub magic: u16,
+    pub pageaddr: Lsn,
+    pub max_timeline: u32,
+}
+
+/// Checks the short header at the start of `page` (a page after a segment's first).
+pub fn check_page(page: &[u8], expected: &PageExpected) -> Result<(), Mismatch> {
+    let mismatch = |field, expected: String, found: String| Mismatch {
+        field,
+        expected,
+        found,
+    };
+    let b = page.get(..SHORT_HEADER_LEN).ok_or_else(|| {
+        mismatch(
+            "length",
+            format!("at least {SHORT_HEADER_LEN} bytes"),
+            format!("{} bytes", page.len()),
+        )
+    })?;
+    let (magic, info, timeline) = (u16_at(b, 0), u16_at(b, 2), u32_at(b, 4));
+    let pageaddr = Lsn(u64_at(b, 8));
+    if magic != expected.magic {
+        return Err(mismatch(
+            "xlp_magic",
+            format!("0x{:04X} (the segment's)", expected.magic),
+            format!("0x{magic:04X}"),
+        ));
+    }
+    if info & XLP_LONG_HEADER != 0 || info & !XLP_ALL_FLAGS != 0 {
+        return Err(mismatch(
+            "xlp_info",
+            "page flags without the long-header one".into(),
+            format!("0x{info:04X}"),
+        ));
+    }
+    if pageaddr != expected.pageaddr {
+        return Err(mismatch(
+            "xlp_pageaddr",
+            expected.pageaddr.to_string(),
+            pageaddr.to_string(),
+        ));
+    }
+    if timeline == 0 || timeline > expected.max_timeline {
+        return Err(mismatch(
+            "xlp_tli",
+            format!("1 to {}", expected.max_timeline),
+            timeline.to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// The cluster's system identifier: the first field of `global/pg_control`
 /// (`ControlFileData.system_identifier`).
 pub fn control_system_identifier(pg_control: &[u8]) -> Option<u64> {
@@ -282,6 +346,44 @@ pub(crate) mod tests {
         b[32..36].copy_from_slice(&(size.bytes() as u32).to_ne_bytes());
         b[36..40].copy_from_slice(&8192u32.to_ne_bytes());
         b
+    }
+
+    #[test]
+    fn later_pages_are_checked_against_the_first() {
+        let short = |magic: u16, info: u16, tli: u32, addr: u64| {
+            let mut b = vec![0u8; SHORT_HEADER_LEN];
+            b[0..2].copy_from_slice(&magic.to_ne_bytes());
+            b[2..4].copy_from_slice(&info.to_ne_bytes());
+            b[4..8].copy_from_slice(&tli.to_ne_bytes());
+            b[8..16].copy_from_slice(&addr.to_ne_bytes());
+            b
+        };
+        let want = PageExpected {
+            magic: 0xD110,
+            pageaddr: Lsn(0x100_2000),
+            max_timeline: 2,
+        };
+        let cases = [
+            (short(0xD110, 0, 2, 0x100_2000), None),
+            (short(0xD110, 0x0001, 1, 0x100_2000), None), // a continuation, an older timeline
+            (short(0xD10D, 0, 2, 0x100_2000), Some("xlp_magic")),
+            (
+                short(0xD110, XLP_LONG_HEADER, 2, 0x100_2000),
+                Some("xlp_info"),
+            ),
+            (short(0xD110, 0x0100, 2, 0x100_2000), Some("xlp_info")),
+            (short(0xD110, 0, 2, 0x100_4000), Some("xlp_pageaddr")),
+            (short(0xD110, 0, 3, 0x100_2000), Some("xlp_tli")),
+            (short(0xD110, 0, 0, 0x100_2000), Some("xlp_tli")),
+            (vec![0u8; 10], Some("length")),
+        ];
+        for (page, field) in cases {
+            assert_eq!(
+                check_page(&page, &want).err().map(|m| m.field),
+                field,
+                "{page:?}"
+            );
+        }
     }
 
     #[test]

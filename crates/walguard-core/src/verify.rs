@@ -25,6 +25,8 @@ pub struct FileFacts {
     pub head: Vec<u8>,
     /// A history file's text.
     pub history: Option<String>,
+    /// The first page after the first whose header is wrong, for a segment read whole.
+    pub bad_page: Option<String>,
 }
 
 /// One problem found.
@@ -63,6 +65,22 @@ pub enum Problem {
         parent: u32,
         switch: Lsn,
         last: String,
+    },
+    BadPage {
+        name: String,
+        problem: String,
+    },
+    /// A timeline's first archived segment comes after the one holding its switch point.
+    ChildLate {
+        timeline: u32,
+        switch: Lsn,
+        needed: String,
+        first: String,
+    },
+    /// A timeline that is neither the server's nor on its history: no server follows it.
+    Orphan {
+        timeline: u32,
+        server: u32,
     },
 }
 
@@ -112,6 +130,20 @@ impl fmt::Display for Problem {
                 f,
                 "timeline {timeline} starts at {switch} on timeline {parent}, whose segments stop at {last}: the switch point is not covered"
             ),
+            Problem::BadPage { name, problem } => write!(f, "{name}: {problem}"),
+            Problem::ChildLate {
+                timeline,
+                switch,
+                needed,
+                first,
+            } => write!(
+                f,
+                "timeline {timeline} starts at {switch}, in {needed}, but its first archived segment is {first}: a server cannot follow the switch"
+            ),
+            Problem::Orphan { timeline, server } => write!(
+                f,
+                "timeline {timeline} is neither the server's timeline {server} nor on its history: no server follows it (a restored copy that was promoted, or an abandoned failover, archived it here)"
+            ),
         }
     }
 }
@@ -156,6 +188,9 @@ pub struct Report {
     /// `.partial` segments (timeline, segment id): the last of a timeline a promotion
     /// left, which covers its switch point.
     partials: Vec<SegmentId>,
+    /// Segments that are there but unusable (damaged, wrong size, bad header or page):
+    /// counted as missing when a replica's recovery is judged.
+    bad: BTreeSet<(u32, u64)>,
     /// The segment size (from the first valid header, or given).
     pub segment_size: Option<SegmentSize>,
     sysid: Option<u64>,
@@ -185,6 +220,12 @@ impl Report {
             self.problems.push(Problem::Damaged {
                 name: f.stored.clone(),
                 cause: cause.clone(),
+            });
+        }
+        if let Some(problem) = &f.bad_page {
+            self.problems.push(Problem::BadPage {
+                name: f.stored.clone(),
+                problem: problem.clone(),
             });
         }
         match &f.file {
@@ -224,8 +265,10 @@ impl Report {
             });
             return;
         };
+        let mut bad = f.damage.is_some() || f.bad_page.is_some();
         if f.damage.is_none() {
             if let Some(bytes) = f.bytes.filter(|b| *b != size.bytes()) {
+                bad = true;
                 self.problems.push(Problem::WrongSize {
                     name: f.stored.clone(),
                     bytes,
@@ -238,6 +281,7 @@ impl Report {
                 sysid: self.sysid,
             };
             if let Err(m) = header::check(&f.head, &expected) {
+                bad = true;
                 self.problems.push(Problem::BadHeader {
                     name: f.stored.clone(),
                     mismatch: m.to_string(),
@@ -250,19 +294,37 @@ impl Report {
                 .or_default()
                 .segnos
                 .push(segno);
+            if bad {
+                self.bad.insert((id.timeline, segno));
+            }
         }
     }
 
-    /// Sorts what was fed and adds the problems only the whole listing shows: gaps, the
-    /// history chain.
-    pub fn finish(mut self) -> Report {
+    /// Sorts what was fed and adds the problems only the whole listing shows: gaps (a
+    /// `.partial` counts as its timeline's last segment, so a segment missing just
+    /// before it is one), the history chain, each timeline's start at its switch point,
+    /// and, when the server's timeline is known, timelines no server follows.
+    pub fn finish(mut self, server_timeline: Option<u32>) -> Report {
+        let Some(size) = self.segment_size else {
+            for t in self.timelines.values_mut() {
+                t.segnos.sort_unstable();
+                t.segnos.dedup();
+            }
+            return self;
+        };
+        for id in &self.partials {
+            if let Ok(segno) = id.segno(size) {
+                self.timelines
+                    .entry(id.timeline)
+                    .or_default()
+                    .segnos
+                    .push(segno);
+            }
+        }
         for t in self.timelines.values_mut() {
             t.segnos.sort_unstable();
             t.segnos.dedup();
         }
-        let Some(size) = self.segment_size else {
-            return self;
-        };
         let name = |tli: u32, segno: u64| {
             SegmentId::containing(tli, Lsn(segno * size.bytes()), size).to_string()
         };
@@ -284,17 +346,28 @@ impl Report {
             let Some(&(parent, switch)) = lines.last() else {
                 continue;
             };
+            // The child's first segment is the one holding the switch point.
+            let switch_segno = switch.0 / size.bytes();
+            let child_first = self
+                .timelines
+                .get(&tli)
+                .and_then(|t| t.ranges().first().map(|r| r.0));
+            if let Some(first) = child_first
+                && first > switch_segno
+            {
+                self.problems.push(Problem::ChildLate {
+                    timeline: tli,
+                    switch,
+                    needed: name(tli, switch_segno),
+                    first: name(tli, first),
+                });
+            }
             let Some(parent_segments) = self.timelines.get(&parent) else {
                 continue;
             };
             let needed = switch.0.saturating_sub(1) / size.bytes();
-            let partial = self
-                .partials
-                .iter()
-                .any(|id| id.timeline == parent && id.segno(size).is_ok_and(|n| n == needed));
             if let Some(&(_, last)) = parent_segments.ranges().last()
                 && last < needed
-                && !partial
             {
                 self.problems.push(Problem::ParentShort {
                     timeline: tli,
@@ -302,6 +375,33 @@ impl Report {
                     switch,
                     last: name(parent, last),
                 });
+            }
+        }
+        if let Some(server) = server_timeline {
+            // The server's own history must be known to tell (a missing one is a finding
+            // of its own).
+            let ancestors: Option<BTreeSet<u32>> = if server == 1 {
+                Some(BTreeSet::new())
+            } else {
+                self.histories
+                    .get(&server)
+                    .map(|lines| lines.iter().map(|&(parent, _)| parent).collect())
+            };
+            if let Some(ancestors) = ancestors {
+                let seen: BTreeSet<u32> = self
+                    .timelines
+                    .keys()
+                    .chain(self.histories.keys())
+                    .copied()
+                    .collect();
+                for tli in seen {
+                    if tli != server && !ancestors.contains(&tli) {
+                        self.problems.push(Problem::Orphan {
+                            timeline: tli,
+                            server,
+                        });
+                    }
+                }
             }
         }
         self
@@ -327,7 +427,8 @@ impl Report {
         let archived = self.timelines.get(&timeline).unwrap_or(&empty);
         for segno in from.0 / size.bytes()..=(to.0 - 1) / size.bytes() {
             let name = SegmentId::containing(timeline, Lsn(segno * size.bytes()), size).to_string();
-            if !archived.contains(segno) && !in_pg_wal.contains(&name) {
+            let usable = archived.contains(segno) && !self.bad.contains(&(timeline, segno));
+            if !usable && !in_pg_wal.contains(&name) {
                 return Err(name);
             }
         }
@@ -364,6 +465,7 @@ mod tests {
             damage: None,
             head: head(id, mib16(), SYSID),
             history: None,
+            bad_page: None,
         }
     }
 
@@ -376,15 +478,33 @@ mod tests {
             damage: None,
             head: Vec::new(),
             history: Some(text.to_string()),
+            bad_page: None,
         }
     }
 
     fn report(files: Vec<FileFacts>) -> Report {
+        report_for(files, None)
+    }
+
+    /// The report when the server is on `server` (a timeline), as `verify` asks it.
+    fn report_for(files: Vec<FileFacts>, server: Option<u32>) -> Report {
         let mut r = Report::new(None, Some(SYSID));
         for f in files {
             r.add(f);
         }
-        r.finish()
+        r.finish(server)
+    }
+
+    fn partial(tli: u32, segno: u32) -> FileFacts {
+        let mut f = segment(tli, segno);
+        let id = SegmentId {
+            timeline: tli,
+            log: 0,
+            seg: segno,
+        };
+        f.stored = format!("{id}.partial");
+        f.file = WalFile::Partial(id);
+        f
     }
 
     fn texts(r: &Report) -> Vec<String> {
@@ -470,6 +590,78 @@ mod tests {
         assert_eq!(
             t,
             vec!["00000002.history: line 1: \"one\" is not a timeline"]
+        );
+    }
+
+    #[test]
+    fn archives_that_do_not_restore_are_never_clean() {
+        let history2 = "1\t0/5000060\tno recovery target specified\n";
+        // The child's first segment (the one holding the switch point) is missing.
+        let mut files: Vec<FileFacts> = (1..=5).map(|n| segment(1, n)).collect();
+        files.extend((6..=7).map(|n| segment(2, n)));
+        files.push(history(2, history2));
+        assert_eq!(
+            texts(&report(files)),
+            vec![
+                "timeline 2 starts at 0/5000060, in 000000020000000000000005, but its first archived segment is 000000020000000000000006: a server cannot follow the switch"
+            ]
+        );
+        // The parent's segment just before its .partial is missing.
+        let mut files: Vec<FileFacts> = (1..=3).map(|n| segment(1, n)).collect();
+        files.push(partial(1, 5));
+        files.extend((5..=6).map(|n| segment(2, n)));
+        files.push(history(2, history2));
+        assert_eq!(
+            texts(&report(files)),
+            vec!["timeline 1: gap: 000000010000000000000004 is missing"]
+        );
+        // A timeline that no server follows: the server is on 2, timeline 3 branched
+        // from 1 (a restored copy, promoted).
+        let mut files: Vec<FileFacts> = (1..=5).map(|n| segment(1, n)).collect();
+        files.extend((5..=6).map(|n| segment(2, n)));
+        files.extend((4..=5).map(|n| segment(3, n)));
+        files.push(history(2, history2));
+        files.push(history(3, "1\t0/4000100\tno recovery target specified\n"));
+        assert_eq!(
+            texts(&report_for(files.clone(), Some(2))),
+            vec![
+                "timeline 3 is neither the server's timeline 2 nor on its history: no server follows it (a restored copy that was promoted, or an abandoned failover, archived it here)"
+            ]
+        );
+        assert!(
+            texts(&report_for(files, None)).is_empty(),
+            "no server, no verdict on it"
+        );
+        // A page inside a segment with a wrong header.
+        let mut bad = segment(1, 2);
+        bad.bad_page = Some(
+            "page at byte 16384: WAL header field xlp_pageaddr: expected 0/2004000, found 0/0"
+                .into(),
+        );
+        let t = texts(&report(vec![segment(1, 1), bad, segment(1, 3)]));
+        assert_eq!(
+            t,
+            vec![
+                "000000010000000000000002: page at byte 16384: WAL header field xlp_pageaddr: expected 0/2004000, found 0/0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_segment_is_no_help_to_a_replica() {
+        let mut truncated = segment(1, 2);
+        truncated.bytes = Some(1 << 20);
+        let mut paged = segment(1, 3);
+        paged.bad_page = Some("page".into());
+        let r = report(vec![segment(1, 1), truncated, paged]);
+        assert_eq!(
+            r.covers(1, Lsn(0x100_0000), Lsn(0x400_0000), &BTreeSet::new()),
+            Err("000000010000000000000002".to_string())
+        );
+        let in_pg_wal: BTreeSet<String> = ["000000010000000000000002".to_string()].into();
+        assert_eq!(
+            r.covers(1, Lsn(0x100_0000), Lsn(0x400_0000), &in_pg_wal),
+            Err("000000010000000000000003".to_string())
         );
     }
 
