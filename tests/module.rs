@@ -256,3 +256,42 @@ fn failures_are_retries(major: u32) -> Result<()> {
     assert_eq!(archiver_pid(&c)?, archiver);
     Ok(())
 }
+
+/// The archiver told to stop (SIGTERM) while walguard waits for a hand-off: the hand-off
+/// is killed with its process group at once, instead of walguard waiting out its
+/// `timeout` inside PostgreSQL's process, and the attempt is a retry like any failure.
+#[test]
+fn pg15_a_stop_request_ends_a_hand_off_at_once() -> Result<()> {
+    let Some(c) = start(15, 1)? else {
+        return Ok(());
+    };
+    c.archive_everything()?;
+    // A hand-off that would take ten minutes, allowed ten minutes.
+    let marker = format!("sleep 600 # {}", c.base.display());
+    let text =
+        std::fs::read_to_string(&c.config)?.replace("timeout = \"10s\"", "timeout = \"10m\"");
+    std::fs::write(&c.config, format!("{text}archive_via = \"{marker}\"\n"))?;
+    let running = || -> Result<bool> {
+        Ok(Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()?
+            .status
+            .success())
+    };
+    c.switch_wal()?;
+    wait_for("the hand-off to run", ARCHIVE_WAIT, || {
+        Ok(running()?.then_some(()))
+    })?;
+    let pid: i32 = archiver_pid(&c)?.parse()?;
+    // SAFETY: kill(2) on the archiver of our own test server.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for(
+        "the hand-off to be killed",
+        std::time::Duration::from_secs(30),
+        || Ok((!running()?).then_some(())),
+    )
+    .with_context(|| c.server_log(&c.primary))?;
+    let line = c.wait_log_line("killed: the server is shutting down")?;
+    assert!(line.contains("decision=error"), "{line}");
+    Ok(())
+}

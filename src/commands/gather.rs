@@ -94,7 +94,11 @@ pub fn parse_name(name: &str, command: &str) -> Result<WalFile> {
 
 /// The replicas list named by the settings, read and (if asked) resolved.
 pub fn load_list(settings: &Settings) -> Result<Vec<Entry>> {
-    settings::list::load(settings.replicas()?, settings.resolve).hint("fix the replicas list")
+    // Name lookups get a quarter of the budget at most: the server, the valves and the
+    // copy need the rest.
+    let limit = (settings.timeout / 4).min(std::time::Duration::from_secs(5));
+    settings::list::load(settings.replicas()?, settings.resolve, limit)
+        .hint("fix the replicas list")
 }
 
 /// Asks the server, or the process titles when configured (`source`). `segment_bytes`

@@ -32,7 +32,19 @@ pub enum Ended {
     Signalled(i32),
     /// Still running at the deadline: killed with its process group.
     Killed(Duration),
+    /// Killed with its process group because the host process must stop (the archive
+    /// module's archiver was asked to shut down).
+    Interrupted,
     NotStarted(String),
+}
+
+/// Asked while a command runs: true when the process walguard runs in must stop now.
+static INTERRUPT: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
+
+/// Makes every later wait for a command also end when `stop()` says so (the archive
+/// module: the archiver's shutdown request). Only the first call counts.
+pub fn set_interrupt(stop: fn() -> bool) {
+    let _ = INTERRUPT.set(stop);
 }
 
 /// What a finished command left: how it ended and the last line it wrote to stderr.
@@ -58,6 +70,7 @@ impl Ran {
                 "killed after {}",
                 humantime::format_duration(Duration::from_millis(after.as_millis() as u64))
             ),
+            Ended::Interrupted => "killed: the server is shutting down".to_string(),
             Ended::NotStarted(e) => format!("not started: {e}"),
         };
         match &self.last_stderr {
@@ -146,12 +159,16 @@ pub fn run(
                     (None, None) => Ended::Exited(-1),
                 };
             }
-            Ok(None) if start.elapsed() >= limit => {
+            Ok(None) if start.elapsed() >= limit || INTERRUPT.get().is_some_and(|stop| stop()) => {
                 if let Some(pid) = Pid::from_raw(child.id() as i32) {
                     let _ = kill_process_group(pid, Signal::KILL);
                 }
                 let _ = child.wait();
-                break Ended::Killed(limit);
+                break if start.elapsed() >= limit {
+                    Ended::Killed(limit)
+                } else {
+                    Ended::Interrupted
+                };
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => break Ended::NotStarted(e.to_string()),

@@ -46,6 +46,17 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: called once, while the library is loaded; warns about mistyped walguard.* names.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"walguard".as_ptr()) };
     walguard::out::set_sink(server_log);
+    walguard::hook::set_interrupt(shutdown_requested);
+}
+
+/// True once the archiver has been told to stop (SIGTERM, or a backend's die): a
+/// hand-off or hook that walguard waits for is then killed, so the archiver can exit.
+fn shutdown_requested() -> bool {
+    // SAFETY: sig_atomic_t flags that signal handlers set; read volatile, never written.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+    }
 }
 
 /// PostgreSQL 15's entry point for archive modules: fill in the archiver's struct.
