@@ -249,6 +249,22 @@ fn unusable_directories_and_files_are_exit_2_with_the_reason() -> Result<()> {
             output_text(&out)
         );
         assert_eq!(fs::read_dir(&read_only)?.count(), 0);
+        // A file system mounted read-only (after an I/O error, say): the message says so.
+        if let Some(ro) = SmallFs::mount(&c.base.join("ro-fs"), 1) {
+            c.chown(&ro.0)?;
+            let remounted = Command::new("mount")
+                .args(["-o", "remount,ro"])
+                .arg(&ro.0)
+                .status()?;
+            assert!(remounted.success());
+            let out = as_postgres(&["--archive-dir", ro.0.to_str().unwrap()])?;
+            assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+            assert!(
+                output_text(&out).contains("mounted read-only: remount it read-write"),
+                "{}",
+                output_text(&out)
+            );
+        }
 
         let hidden = c.base.join("hidden.list");
         fs::write(&hidden, "app:r1\napp:r2\n")?;

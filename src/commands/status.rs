@@ -314,7 +314,9 @@ fn build(settings: &Settings) -> Result<StatusView> {
         .iter()
         .map(|r| r.to_string())
         .collect();
+    let not_archiving = extras.as_ref().and_then(|x| x.not_archiving.clone());
     let state = match &oldest_segment {
+        _ if not_archiving.is_some() => State::Failing,
         Some(_) if !verdict.archive => State::Held,
         None if !lasting.is_empty() && verdict.valve.is_none() => State::WillHold,
         _ if failing(settings, obs.archiver.as_ref()).is_some() => State::Failing,
@@ -327,7 +329,9 @@ fn build(settings: &Settings) -> Result<StatusView> {
     let reasons: Vec<String> = match state {
         State::Held => verdict.reasons.iter().map(|r| r.to_string()).collect(),
         State::WillHold => lasting.clone(),
-        State::Failing => failing(settings, obs.archiver.as_ref())
+        State::Failing => not_archiving
+            .map(|why| format!("archiving is not configured: {why}"))
+            .or_else(|| failing(settings, obs.archiver.as_ref()))
             .into_iter()
             .collect(),
         State::Flowing => Vec::new(),

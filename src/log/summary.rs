@@ -21,6 +21,8 @@ pub struct Hold {
     pub released_by: Option<String>,
     pub seconds: u64,
     pub blame: Vec<String>,
+    /// How many more held it than `blame` names (a log line names 32 at most).
+    pub blame_more: u64,
     pub attempts: u64,
 }
 
@@ -58,6 +60,7 @@ struct Open {
     first: SystemTime,
     first_text: String,
     blame: Vec<String>,
+    blame_more: u64,
     attempts: u64,
 }
 
@@ -74,6 +77,7 @@ impl Open {
                 .unwrap_or(Duration::ZERO)
                 .as_secs(),
             blame: self.blame,
+            blame_more: self.blame_more,
             attempts: self.attempts,
         }
     }
@@ -138,17 +142,17 @@ pub fn summarise(mut input: impl BufRead, now: SystemTime) -> std::io::Result<Su
                             first: ts,
                             first_text: ts_text.to_string(),
                             blame: Vec::new(),
+                            blame_more: 0,
                             attempts: 0,
                         },
                     );
                 }
                 if let Some(o) = open.get_mut(wal) {
                     o.attempts += 1;
-                    for b in blame {
-                        if !o.blame.iter().any(|x| x == b) {
-                            o.blame.push(b.to_string());
-                        }
-                    }
+                    // Who held it is who held it last: a replica that had only not
+                    // reported its position yet on the first attempt held nothing.
+                    o.blame = blame.map(str::to_string).collect();
+                    o.blame_more = get("blame_more").and_then(|n| n.parse().ok()).unwrap_or(0);
                 }
             }
             "archived" | "exists" | "valve" => {
@@ -251,10 +255,10 @@ pub fn render(file: &str, s: &Summary) -> String {
                 vec![
                     h.wal.clone(),
                     secs(h.seconds),
-                    if h.blame.is_empty() {
-                        "-".into()
-                    } else {
-                        h.blame.join(",")
+                    match (h.blame.is_empty(), h.blame_more) {
+                        (true, _) => "-".into(),
+                        (false, 0) => h.blame.join(","),
+                        (false, more) => format!("{} and {more} more", h.blame.join(",")),
                     },
                     h.first_held.clone(),
                     match (&h.released, &h.released_by) {
@@ -336,7 +340,7 @@ mod tests {
     fn holds_durations_blame_and_state() {
         let log = "\
 ts=2026-11-22T00:00:00.000Z level=info pid=1 cmd=archive wal=A decision=archived
-ts=2026-11-22T00:01:00.000Z level=info pid=2 cmd=archive wal=B decision=held reason=\"replica app:r2 not connected\" blame=app:r2
+ts=2026-11-22T00:01:00.000Z level=info pid=2 cmd=archive wal=B decision=held reason=\"replica app:r2 not connected\" blame=app:r2,app:r1
 this line is garbage
 ts=2026-11-22T00:01:01.000Z level=info pid=3 cmd=archive wal=B decision=held blame=app:r2
 ts=2026-11-22T00:03:00.000Z level=info pid=4 cmd=archive wal=B decision=archived
@@ -370,6 +374,10 @@ ts=2026-11-22T00:16:30.000Z level=info pid=9 cmd=check wal=D decision=held
                 holds: 2,
                 longest_seconds: 600
             }
+        );
+        assert!(
+            !s.per_replica.contains_key("app:r1"),
+            "r1 only had not reported on the first attempt"
         );
         assert_eq!(
             s.per_replica["app:r3"],

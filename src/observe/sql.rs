@@ -254,6 +254,9 @@ pub struct Extras {
     pub data_directory: Option<std::path::PathBuf>,
     /// The files in `pg_wal` (`pg_ls_waldir()`, needs `pg_monitor`).
     pub pg_wal: Option<std::collections::BTreeSet<String>>,
+    /// Why the server archives nothing at all, when it does not: `archive_mode` off, or
+    /// neither `archive_command` nor `archive_library` set.
+    pub not_archiving: Option<String>,
 }
 
 pub fn extras(target: &Target, server_version: Option<u32>) -> Result<Extras, ObserveError> {
@@ -301,9 +304,30 @@ pub fn extras(target: &Target, server_version: Option<u32>) -> Result<Extras, Ob
             .filter_map(|r| r.get(0).map(str::to_string))
             .collect()
     });
+    // archive_library exists from 15 on: current_setting's missing_ok gives NULL before.
+    let not_archiving = rows(
+        &mut client,
+        "SELECT current_setting('archive_mode'), current_setting('archive_command'), \
+         coalesce(current_setting('archive_library', true), '')",
+    )
+    .and_then(|rows| {
+        let row = rows.first()?;
+        let (mode, command, library) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        if mode == "off" {
+            Some("archive_mode is off: set archive_mode = on (a restart) and archive_command".into())
+        } else if library.is_empty() && matches!(command, "" | "(disabled)") {
+            Some(
+                "archive_command is not set (nor archive_library): set it to walguard's archive command and reload"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    });
     Ok(Extras {
         waiting,
         data_directory,
         pg_wal,
+        not_archiving,
     })
 }

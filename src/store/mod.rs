@@ -16,6 +16,21 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+/// What to do about an I/O error whose cause says it all.
+fn advice(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ReadOnlyFilesystem => {
+            " (the file system is mounted read-only: remount it read-write, or point archive_dir \
+             at one that is writable; PostgreSQL keeps the file and retries)"
+        }
+        io::ErrorKind::StorageFull => {
+            " (the file system is full: free space there, or move the archive; PostgreSQL keeps \
+             the file and retries)"
+        }
+        _ => "",
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error(
@@ -49,7 +64,7 @@ pub enum StoreError {
     Aborted,
     #[error("{path} is not the WAL segment its name says: {mismatch}")]
     Header { path: PathBuf, mismatch: String },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {source}{}", advice(source))]
     Io {
         what: &'static str,
         path: PathBuf,
