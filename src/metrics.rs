@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4): what `status --format prometheus` prints
 //! and what `archive` writes to `metrics_file` for node_exporter's textfile collector.
-//! Names are the contract in DESIGN.md ("Monitoring").
+//! Names are the contract in docs/design.md ("Monitoring").
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

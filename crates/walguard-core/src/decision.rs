@@ -1,5 +1,5 @@
 //! The decision: may this WAL file leave `pg_wal` for the archive now? A pure function of
-//! what was observed, the replicas list and the policy; DESIGN.md rules 2 to 8.
+//! what was observed, the replicas list and the policy; docs/design.md, "The decision", rules 2 to 8.
 //! (Rule 1, the name, is settled by parsing a [`WalFile`]; rule 9, an unreachable
 //! database, never gets this far.)
 

@@ -51,7 +51,7 @@ pub struct Walsender {
 
 impl Walsender {
     /// Physical streaming replicas only: logical walsenders, base backups and the WAL
-    /// stream of a running `pg_basebackup` must not hold the archive (DESIGN rule 4).
+    /// stream of a running `pg_basebackup` must not hold the archive (docs/design.md, rule 4).
     pub fn is_replica(&self) -> bool {
         !self.logical
             && self.state.as_deref() != Some("backup")
