@@ -480,7 +480,7 @@ fn main() -> Result<()> {
         // The gate alone: the decision and the hand-off's process, with nothing to push.
         methods.push((
             "walguard archive_via true (the gate alone)",
-            Box::new(|d: &Path| walguard_archive_with(d, &["--archive-via", "true"])),
+            Box::new(|d: &Path| walguard_archive_with(d, &["--archive-via", "true %p"])),
         ));
     }
     eprintln!("bench: archive copy, {rounds} interleaved rounds");

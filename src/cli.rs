@@ -193,11 +193,12 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
             "archive_dir", "replicas", "conninfo", "log_file", "position", "keep_segments",
             "unlisted", "resolve", "timeout", "pgdata", "min_free", "max_retained", "max_hold",
             "on_event", "source", "metrics_file", "archive_via", "header_check", "compress",
-            "compress_level",
+            "compress_level", "archive_ahead",
         ],
         "check" => &[
             "replicas", "conninfo", "position", "keep_segments", "unlisted", "resolve", "timeout",
             "pgdata", "min_free", "max_retained", "max_hold", "source", "archive_via",
+            "archive_dir", "archive_ahead",
         ],
         "status" => &[
             "replicas", "conninfo", "log_file", "position", "keep_segments", "unlisted",

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub waiting_segments: Option<u64>,
     pub waiting_bytes: Option<u64>,
     pub oldest_waiting_seconds: Option<f64>,
+    /// How far the newest segment in the archive trails the server's position.
+    pub archive_behind_bytes: Option<u64>,
     pub replicas: Vec<ReplicaMetric>,
     /// The last time of each decision (`archived`, `held`, ...), in Unix seconds.
     pub last_decisions: BTreeMap<String, f64>,
@@ -99,6 +101,12 @@ pub fn render(s: &Snapshot) -> String {
         "walguard_oldest_waiting_seconds",
         "how long the oldest waiting segment has waited",
         &one(s.oldest_waiting_seconds.map(|v| format!("{v:.3}"))),
+    );
+    family(
+        &mut out,
+        "walguard_archive_behind_bytes",
+        "bytes of WAL the server has written beyond the end of the newest segment in the archive (held segments archived ahead included)",
+        &one(s.archive_behind_bytes),
     );
     let per = |f: &dyn Fn(&ReplicaMetric) -> Option<String>| -> Vec<(String, String)> {
         s.replicas
@@ -248,6 +256,7 @@ mod tests {
             waiting_segments: Some(3),
             waiting_bytes: Some(48 << 20),
             oldest_waiting_seconds: Some(12.5),
+            archive_behind_bytes: Some(4096),
             replicas: vec![
                 ReplicaMetric {
                     name: "app:r1".into(),

@@ -655,7 +655,7 @@ fn archive_via_hands_over_and_reports_failures_and_hangs() {
     // It fails: exit 2, its status and last stderr line in the log.
     let out = s.run(&[
         "--archive-via",
-        "echo progress >&2; echo 'stanza main does not exist' >&2; exit 42",
+        "echo progress %p >&2; echo 'stanza main does not exist' >&2; exit 42",
         "archive",
         &wal_path,
         history,
@@ -671,7 +671,7 @@ fn archive_via_hands_over_and_reports_failures_and_hangs() {
     // It is not found, or dies by a signal: still exit 2, never above.
     for (via, says) in [
         ("/nonexistent/archiver %p", "exit status 127"),
-        ("kill -KILL $$", "killed by signal 9"),
+        ("kill -KILL $$ # %p", "killed by signal 9"),
     ] {
         let out = s.run(&["--archive-via", via, "archive", &wal_path, history]);
         assert_eq!(out.status.code(), Some(2), "{via}: {}", stderr(&out));
@@ -683,7 +683,7 @@ fn archive_via_hands_over_and_reports_failures_and_hangs() {
     }
     // It hangs: killed with its whole process group at the timeout.
     let marker = s.path().join("grandchild-alive");
-    let hang = format!("(sleep 5; touch {}) & sleep 60", marker.display());
+    let hang = format!("(sleep 5; touch {}) & sleep 60 # %f", marker.display());
     let started = std::time::Instant::now();
     let out = s.run(&[
         "--timeout",

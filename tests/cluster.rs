@@ -140,7 +140,7 @@ fn unlisted_replica_holds_and_is_named() -> Result<()> {
         line.contains("unlisted replica pid ") && line.contains(" app r2 from 127.0.0.1"),
         "{line}"
     );
-    assert!(!c.archive.join(&seg).exists());
+    assert!(c.ready()?.contains(&seg), "acknowledged while held");
 
     let check = c.walguard(&["check", &seg]);
     assert_eq!(check.status.code(), Some(1));

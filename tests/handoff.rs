@@ -31,7 +31,7 @@ fn stanza(c: &Cluster) -> Result<PathBuf> {
     fs::write(
         &conf,
         format!(
-            "[global]\nrepo1-path={0}/repo\nlock-path={0}/lock\nlog-path={0}/log\nlog-level-console=off\n\
+            "[global]\nrepo1-path={0}/repo\nrepo1-retention-full=2\nlock-path={0}/lock\nlog-path={0}/log\nlog-level-console=off\n\
              log-level-stderr=error\nlog-level-file=off\n[main]\npg1-path={1}\npg1-socket-path={2}\npg1-port={3}\npg1-user=postgres\n",
             dir.display(),
             c.primary.data.display(),
@@ -77,7 +77,17 @@ fn pgbackrest_behind_the_gate() -> Result<()> {
         "pgbackrest --config={} --stanza=main archive-push %p",
         conf.display()
     );
-    c.write_config(&format!("archive_via = \"{via}\"\n"))?;
+    // The hand-off named in archive_command itself (PostgreSQL turns %%p into %p), as
+    // pgBackRest's backup and check want to see "pgbackrest" there.
+    c.configure(
+        &c.primary,
+        &format!(
+            "archive_command = '{} --config {} --archive-via \"{}\" archive %p %f'",
+            c.walguard.display(),
+            c.config.display(),
+            via.replace("%p", "%%p")
+        ),
+    )?;
 
     // Healthy: pushed, and archive-get returns it byte-identical.
     let seg = c.switch_wal()?;
@@ -93,20 +103,55 @@ fn pgbackrest_behind_the_gate() -> Result<()> {
         "walguard copied it itself too"
     );
 
-    // r2 stops: held, and pgBackRest is never called for the held segment.
+    // r2 stops: held, but pushed ahead: the repository has it while PostgreSQL keeps it
+    // for r2 (still .ready, not acknowledged).
     c.stop(c.replica("r2"))?;
     let held = c.switch_wal()?;
-    c.wait_log_line(&format!("wal={held} decision=held"))?;
-    let check = c.walguard(&["check", &held]);
+    let line = c.wait_log_line(&format!("wal={held} decision=held"))?;
+    assert!(
+        line.contains(" ahead=1 ") && line.contains(" via=pgbackrest "),
+        "{line}"
+    );
+    let original = fs::read(c.primary.data.join("pg_wal").join(&held))?;
+    assert!(
+        archive_get(&c, &conf, &held)? == Some(original.clone()),
+        "not pushed ahead"
+    );
+    assert!(c.ready()?.contains(&held), "acknowledged while held");
+    let check = c.walguard(&["--archive-via", &via, "check", &held]);
     assert!(
         output_text(&check).contains(&format!("once released, would run: pgbackrest --config={} --stanza=main archive-push 'pg_wal/{held}'", conf.display())),
         "{}",
         output_text(&check)
     );
+    // A backup taken while r2 is away: its stop segment reaches the repository ahead, so
+    // pgBackRest does not wait for it until archive-timeout.
+    let backup = c
+        .as_server_user(&pgbackrest())
+        .arg(format!("--config={}", conf.display()))
+        .args([
+            "--stanza=main",
+            "--type=full",
+            "--archive-timeout=20",
+            "backup",
+        ])
+        .output()?;
+    assert!(backup.status.success(), "backup: {}", output_text(&backup));
+    // archive_ahead = false: a held segment is never pushed.
+    c.write_config("archive_ahead = false\n")?;
+    let behind = c.switch_wal()?;
+    cluster::wait_for("a held line without ahead", ARCHIVE_WAIT, || {
+        Ok(c.log_text()
+            .lines()
+            .rev()
+            .find(|l| l.contains(&format!("wal={held} decision=held")))
+            .filter(|l| !l.contains(" ahead="))
+            .map(drop))
+    })?;
     assert_eq!(
-        archive_get(&c, &conf, &held)?,
+        archive_get(&c, &conf, &behind)?,
         None,
-        "pushed while a replica needs it"
+        "pushed while held, with archive_ahead = false"
     );
 
     // r2 returns: pushed, identical.

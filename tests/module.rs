@@ -270,7 +270,7 @@ fn pg15_a_stop_request_ends_a_hand_off_at_once() -> Result<()> {
     let marker = format!("sleep 600 # {}", c.base.display());
     let text =
         std::fs::read_to_string(&c.config)?.replace("timeout = \"10s\"", "timeout = \"10m\"");
-    std::fs::write(&c.config, format!("{text}archive_via = \"{marker}\"\n"))?;
+    std::fs::write(&c.config, format!("{text}archive_via = \"{marker} %f\"\n"))?;
     let running = || -> Result<bool> {
         Ok(Command::new("pgrep")
             .args(["-f", &marker])

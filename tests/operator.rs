@@ -562,24 +562,33 @@ fn a_just_finished_segment_that_is_held_leaves_nothing_behind() -> Result<()> {
     let seg = c.switch_wal()?;
     c.wait_log_line(&format!("wal={seg} decision=held"))?;
     let dest = c.scratch_dir("fresh")?;
-    // Just finished: the copy starts while the server is asked, and is dropped on a hold.
-    fs::File::options()
-        .write(true)
-        .open(c.primary.data.join("pg_wal").join(&seg))?
-        .set_modified(std::time::SystemTime::now())?;
-    let out = c.walguard(&[
-        "--archive-dir",
-        dest.to_str().unwrap(),
-        "archive",
-        &format!("pg_wal/{seg}"),
-        &seg,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(!dest.join(&seg).exists());
-    assert_eq!(
-        fs::read_dir(dest.join(".walguard-tmp"))?.count(),
-        0,
-        "the staged copy was left behind"
+    // Just finished: the copy starts while the server is asked. With archive_ahead off it
+    // is dropped on a hold; by default it is committed ahead of the acknowledgement.
+    for (ahead, kept) in [("false", false), ("true", true)] {
+        fs::File::options()
+            .write(true)
+            .open(c.primary.data.join("pg_wal").join(&seg))?
+            .set_modified(std::time::SystemTime::now())?;
+        let out = c.walguard(&[
+            "--archive-dir",
+            dest.to_str().unwrap(),
+            "--archive-ahead",
+            ahead,
+            "archive",
+            &format!("pg_wal/{seg}"),
+            &seg,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+        assert_eq!(dest.join(&seg).exists(), kept, "archive_ahead = {ahead}");
+        assert_eq!(
+            fs::read_dir(dest.join(".walguard-tmp"))?.count(),
+            0,
+            "the staged copy was left behind"
+        );
+    }
+    assert!(
+        fs::read(dest.join(&seg))? == fs::read(c.primary.data.join("pg_wal").join(&seg))?,
+        "the copy ahead differs"
     );
     Ok(())
 }

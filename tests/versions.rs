@@ -12,10 +12,11 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
+use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use cluster::{ARCHIVE_WAIT, Cluster, Options, is_contiguous, output_text};
+use cluster::{ARCHIVE_WAIT, Cluster, Options, is_contiguous, output_text, wait_for};
 use serde_json::Value;
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
@@ -109,7 +110,24 @@ fn scenario(major: u32) -> Result<()> {
     let j = json(&status(&["--json"]));
     assert_eq!(j["verdict"]["state"], "held", "{j}");
     assert_eq!(j["waiting"]["oldest"], held[0].as_str(), "{j}");
-    assert!(c.archived()?.iter().all(|n| n < &held[0]));
+    // Held, but archived ahead: every held segment is in the archive, byte-identical,
+    // and still waiting in pg_wal for its acknowledgement.
+    wait_for(
+        "the held segments to be archived ahead",
+        ARCHIVE_WAIT,
+        || {
+            let archived = c.archived()?;
+            Ok(held.iter().all(|h| archived.contains(h)).then_some(()))
+        },
+    )?;
+    let ready = c.ready()?;
+    for name in &held {
+        assert!(ready.contains(name), "{name} was acknowledged while held");
+        assert!(
+            fs::read(c.archive.join(name))? == fs::read(c.primary.data.join("pg_wal").join(name))?,
+            "{name} differs from pg_wal"
+        );
+    }
 
     // r2 comes back with no restore_command and streams what it missed.
     c.start_node(r2)?;

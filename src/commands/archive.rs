@@ -3,27 +3,24 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use walguard_core::decision::{Tripped, Verdict, undecided_valve};
 use walguard_core::event::Event;
-use walguard_core::header::{ControlStamp, Expected};
-use walguard_core::observation::Observation;
-use walguard_core::wal::{Lsn, SegmentId, SegmentSize, WalFile};
+use walguard_core::wal::{Lsn, SegmentId, WalFile};
 
 use super::gather::{self, Gathered, Observer, SHOWN, Undecided, verdict_fields};
 use super::invocation::Invocation;
+use super::put::{self, Road};
 use super::views::{metric_replicas, replica_views};
+use super::{ahead, identity};
 use crate::exit::{Exit, Hint, describe_error};
 use crate::hook::{self, Details};
 use crate::log::{self, Level};
 use crate::metrics;
-use crate::observe::conninfo::{ProcessEnv, Target};
 use crate::observe::local;
-use crate::observe::sql;
 use crate::out::say;
-use crate::settings::{Compress, Settings, Source};
-use crate::store::copy::{self as archive_copy, Compression, Stored};
-use crate::store::{self, commit};
+use crate::settings::Settings;
+use crate::store::commit;
 
 /// A segment file younger than this is copied while the decision is being made.
 const FRESH: Duration = Duration::from_secs(1);
@@ -201,140 +198,6 @@ pub fn run(
     result
 }
 
-/// Hands the file to `archive_via`, within what is left of the timeout (the command is
-/// killed with its process group at the deadline). Its exit 0 is walguard's.
-fn hand_off(run: &Invocation, settings: &Settings, via: &str, wal_path: &Path) -> Result<()> {
-    let command = walguard_core::template::expand(via, &wal_path.to_string_lossy(), &run.wal)
-        .hint("nothing was handed over; fix archive_via")?;
-    let ran = hook::run(
-        &command,
-        &[],
-        &hook::VIA_UNSET,
-        run.child_limit(settings.timeout),
-        true,
-    );
-    if ran.ok() {
-        return Ok(());
-    }
-    bail!(
-        "archive_via ({}) did not archive {}: {}; PostgreSQL will retry",
-        walguard_core::template::program(via),
-        run.wal,
-        ran.describe()
-    )
-}
-
-/// The header check, before a segment leaves pg_wal by either road.
-fn check_header(
-    run: &Invocation,
-    settings: &Settings,
-    wal_path: &Path,
-    gathered: &Gathered,
-    size: u64,
-) -> Result<()> {
-    let (Some(WalFile::Segment(segment)), true) = (&gathered.wal, settings.header_check) else {
-        return Ok(());
-    };
-    let size = gathered
-        .observation
-        .as_ref()
-        .map(|o| o.segment_size)
-        .map_or_else(|| SegmentSize::new(size), Ok)?;
-    let expected = Expected {
-        segment: *segment,
-        size,
-        sysid: run
-            .sysid
-            .or_else(|| gathered.observation.as_ref()?.system_identifier),
-    };
-    store::header::check_file(wal_path, &expected).hint(
-        "nothing was archived: is it another cluster's file, a recycled or zeroed file, or a wrong %p?",
-    )
-}
-
-/// How long a history file or backup label waits to learn whether the server asked is
-/// the one running walguard: such a file is archived at once, and an unreachable
-/// server must not delay a failover.
-const IDENTITY_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
-/// What was archived from a server that is not the one asked goes wrong quietly and
-/// for good: a copy restored from a base backup inherits archive_command and a conninfo
-/// pointing at the production primary, promotes to a timeline of its own, and its files
-/// land in the production archive decided by production's positions (the system
-/// identifier is the same). The server asked must be the one whose data directory this
-/// is: the same last checkpoint in `global/pg_control` (read before and after asking,
-/// as a checkpoint may fall in between), and no file of a timeline newer than its own.
-fn same_server(
-    settings: &Settings,
-    obs: &Observation,
-    wal: &WalFile,
-    control_before: Option<ControlStamp>,
-) -> Result<()> {
-    let what_to_do = "nothing was archived. If this server was restored from a backup (or is a \
-                      copy for tests), switch archiving off on it: ALTER SYSTEM SET archive_mode = off, \
-                      then restart; otherwise point conninfo at this server (or leave host and port unset)";
-    let timeline = match wal {
-        WalFile::Segment(id) | WalFile::Partial(id) | WalFile::Backup(id, _) => id.timeline,
-        WalFile::History(tli) => *tli,
-    };
-    if let Some(theirs) = obs.timeline.filter(|&t| !obs.in_recovery && timeline > t) {
-        bail!(
-            "{wal} is of timeline {timeline}, but the server at conninfo writes timeline {theirs}: \
-             it is not the one running this archive_command; {what_to_do}"
-        );
-    }
-    // A standby asking its primary (or the other way round): the same checkpoint and
-    // even the same second can be copied, the state cannot.
-    if let Some(ours) = local::control_in_recovery(&settings.pgdata)
-        && ours != obs.in_recovery
-    {
-        bail!(
-            "the server at conninfo is {}, but this data directory's server is {}: \
-             it is not the one running this archive_command; {what_to_do}",
-            if obs.in_recovery {
-                "in recovery"
-            } else {
-                "a primary"
-            },
-            if ours { "in recovery" } else { "a primary" },
-        );
-    }
-    let Some(theirs) = obs.control else {
-        return Ok(());
-    };
-    let after = local::control_stamp(&settings.pgdata);
-    match (control_before, after) {
-        (None, None) => Ok(()),
-        (before, after) if before == Some(theirs) || after == Some(theirs) => Ok(()),
-        (before, after) => bail!(
-            "the server at conninfo is not the one running this archive_command: its pg_control \
-             says {theirs}, but this data directory's ({}/global/pg_control) says {}; {what_to_do}",
-            settings.pgdata.display(),
-            after
-                .or(before)
-                .map_or_else(|| "?".to_string(), |l| l.to_string()),
-        ),
-    }
-}
-
-/// The server's facts for [`same_server`] when a file needs no decision: asked briefly,
-/// and only over SQL; `None` when it cannot be asked (the file then goes as always).
-fn probe(settings: &Settings) -> Option<Observation> {
-    if settings.source == Source::Ps {
-        return None;
-    }
-    let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv).ok()?;
-    sql::observe_within(&target, IDENTITY_PROBE.min(settings.timeout / 2)).ok()
-}
-
-/// Where an archived file goes.
-#[derive(Clone, Copy)]
-enum Road<'a> {
-    /// Handed to `archive_via`.
-    Via(&'a str),
-    /// Copied into `archive_dir` by walguard.
-    Copy(&'a Path),
-}
-
 fn archive(
     run: &Invocation,
     settings: &Settings,
@@ -342,44 +205,24 @@ fn archive(
     wal_path: &Path,
     wal: &WalFile,
 ) -> Result<Exit> {
-    let road = match (
-        settings.archive_via.as_deref(),
-        settings.archive_dir.as_deref(),
-    ) {
-        (Some(via), _) => Road::Via(via),
-        (None, Some(dir)) => Road::Copy(dir),
-        (None, None) => bail!(
-            "no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR \
-             (or archive_via, to hand the file to another archiver)"
-        ),
-    };
+    let road = Road::of(settings)?;
     let meta = std::fs::metadata(wal_path)
         .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
         .hint("archive_command must pass %p, relative to the data directory")?;
     gather::check_segment_size(wal, wal_path, meta.len())?;
     // A segment that has just been finished is almost always archived at once, so its
-    // copy runs while the server is asked, and only becomes durable and visible if the
-    // verdict says so. A retry (an older file) is more likely held: it is copied only
-    // after the verdict, so an outage does not rewrite the archive's disk every second.
-    // Inside the server, asking takes microseconds: nothing to overlap, and no thread is
-    // started in PostgreSQL's archiver.
-    let fresh = matches!(observer, Observer::Outside)
+    // copy runs while the server is asked, and only becomes durable and visible once the
+    // verdict is known (archived, or archived ahead of a hold). A retry (an older file)
+    // is copied only after the verdict, and only if the archive lacks it, so an outage
+    // does not rewrite the archive's disk every second. Inside the server, asking takes
+    // microseconds: nothing to overlap, and no thread is started in PostgreSQL's archiver.
+    let outside = matches!(observer, Observer::Outside);
+    let fresh = outside
         && meta
             .modified()
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < FRESH);
-    // Segments are compressed as asked; history and backup-label files stay plain (small,
-    // and read by people).
-    let compression = match (wal, settings.compress) {
-        (WalFile::Segment(_) | WalFile::Partial(_), Compress::Zstd) => Compression::Zstd {
-            level: settings.compress_level,
-        },
-        _ => Compression::None,
-    };
-    let stage =
-        |dir: &Path| archive_copy::stage(wal_path, dir, &run.wal, settings.timeout, compression);
-    let outside = matches!(observer, Observer::Outside);
     // Read before the server is asked (and again after): a checkpoint in between must
     // not make the same server look like another.
     let control_before = outside
@@ -388,7 +231,7 @@ fn archive(
     let decide = || gather::decide(settings, observer, wal, Some((wal_path, &meta)));
     let (gathered, early) = match road {
         Road::Copy(dir) if fresh => std::thread::scope(|scope| {
-            let copying = scope.spawn(|| stage(dir));
+            let copying = scope.spawn(|| put::stage(settings, dir, wal_path, &run.wal, wal));
             (decide(), Some(copying.join()))
         }),
         _ => (decide(), None),
@@ -399,11 +242,11 @@ fn archive(
         // not the one asked (a restored copy's new timeline).
         let probed = match (&gathered.observation, wal) {
             (None, WalFile::Segment(_)) => None,
-            (None, _) => probe(settings),
+            (None, _) => identity::probe(settings),
             (Some(_), _) => None,
         };
         if let Some(obs) = gathered.observation.as_ref().or(probed.as_ref()) {
-            same_server(settings, obs, wal, control_before)?;
+            identity::same_server(settings, obs, wal, control_before)?;
         }
     }
     let verdict = &gathered.verdict;
@@ -411,50 +254,49 @@ fn archive(
     if let Some(obs) = &gathered.observation {
         fields.push(("source", obs.origin.as_str().to_string()));
     }
+    let file = put::File {
+        path: wal_path,
+        name: &run.wal,
+        wal,
+        bytes: meta.len(),
+        segment_size: gathered.observation.as_ref().map(|o| o.segment_size),
+        sysid: run
+            .sysid
+            .or_else(|| gathered.observation.as_ref()?.system_identifier),
+    };
     let (level, decision, exit) = if !verdict.archive {
+        // A standby never writes into the archive: what it holds, its primary archives.
+        let on_standby = gathered.observation.as_ref().is_some_and(|o| o.in_recovery);
+        if settings.archive_ahead && !on_standby {
+            let a = ahead::run(
+                run,
+                settings,
+                road,
+                &file,
+                early,
+                ahead::budget(settings, !outside),
+            );
+            fields.push(("ahead", a.copied.to_string()));
+            if let Some(newest) = a.newest {
+                fields.push(("newest_archived", newest));
+            }
+            if a.left > 0 {
+                fields.push(("ahead_left", a.left.to_string()));
+            }
+            if let Some(failed) = a.failed {
+                fields.push(("ahead_error", failed));
+            }
+        }
         (Level::Info, "held", Exit::Held)
     } else {
-        check_header(run, settings, wal_path, &gathered, meta.len())?;
-        let decision = match road {
-            Road::Via(via) => {
-                hand_off(run, settings, via, wal_path)?;
-                fields.push(("bytes", meta.len().to_string()));
-                "archived"
-            }
-            Road::Copy(dir) => {
-                let staged = match early {
-                    Some(Ok(staged)) => staged,
-                    Some(Err(_)) => {
-                        bail!("the copy into the archive panicked; nothing was archived")
-                    }
-                    None => stage(dir),
-                };
-                // A segment must be exactly the size the decision validated (a file
-                // truncated while it was copied is refused); other files are what was
-                // read and fsynced.
-                let expected = match wal {
-                    WalFile::Segment(_) => Some(meta.len()),
-                    _ => None,
-                };
-                let stored = staged
-                    .and_then(|s| s.commit(expected))
-                    .hint("PostgreSQL will retry")?;
-                let (decision, bytes) = match stored {
-                    Stored::Copied { bytes, stored } => {
-                        if stored != bytes {
-                            fields.push(("stored", stored.to_string()));
-                        }
-                        ("archived", bytes)
-                    }
-                    Stored::Exists { bytes } => ("exists", bytes),
-                };
-                fields.push(("bytes", bytes.to_string()));
-                decision
-            }
-        };
+        let done = put::put(run, settings, road, &file, early)?;
+        if let Some(stored) = done.stored {
+            fields.push(("stored", stored.to_string()));
+        }
+        fields.push(("bytes", done.bytes.to_string()));
         match verdict.valve {
             Some(_) => (Level::Warn, "valve", Exit::Ok),
-            None => (Level::Info, decision, Exit::Ok),
+            None => (Level::Info, done.decision, Exit::Ok),
         }
     };
     // A signal during the commit waited for it; now end without starting the hook.

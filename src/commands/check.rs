@@ -75,6 +75,7 @@ fn explain(
     } else {
         out.push_str("verdict: HOLD\n");
         list_reasons(&mut out, verdict);
+        out.push_str(&ahead_note(wal, settings));
     }
     if let Some(via) = &settings.archive_via {
         let path = format!("pg_wal/{wal}");
@@ -91,6 +92,32 @@ fn explain(
         );
     }
     out
+}
+
+/// What `archive` would do for a held segment besides exiting 1 (`archive_ahead`).
+fn ahead_note(wal: &WalFile, settings: &Settings) -> String {
+    let Ok(road) = super::put::Road::of(settings) else {
+        return String::new();
+    };
+    if !settings.archive_ahead {
+        return "archive_ahead is off: nothing held leaves pg_wal until it is released\n".into();
+    }
+    let path = settings.pgdata.join("pg_wal").join(wal.to_string());
+    match super::ahead::pending(road, &path, &wal.to_string()) {
+        Some(names) if names.is_empty() => {
+            "archived ahead already: the archive has it and every file waiting; only PostgreSQL's acknowledgement is withheld\n".into()
+        }
+        Some(names) => format!(
+            "an archive now would put {} into the archive ahead ({}{}), and withhold only PostgreSQL's acknowledgement\n",
+            match names.len() {
+                1 => "1 file".to_string(),
+                n => format!("{n} files"),
+            },
+            names[0],
+            if names.len() > 1 { format!(" to {}", names[names.len() - 1]) } else { String::new() }
+        ),
+        None => "archived ahead: an archive puts it and every file waiting into the archive, and withholds only PostgreSQL's acknowledgement\n".into(),
+    }
 }
 
 /// How many reasons and table rows `check` shows before "and N more".

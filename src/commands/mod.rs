@@ -1,13 +1,16 @@
 //! The commands, one file each, wiring the adapters around the pure core; this file
 //! dispatches and turns every failure into exit 2 with a message.
 
+mod ahead;
 mod archive;
 mod check;
 mod cleanup;
 mod completions;
 mod gather;
+mod identity;
 mod invocation;
 mod log;
+mod put;
 mod restore;
 mod status;
 mod verify;

@@ -161,6 +161,56 @@ struct StatusView {
     waiting: WaitingView,
     pg_wal_space: Option<Space>,
     valves: Vec<ValveView>,
+    archive: ArchiveView,
+}
+
+/// How current the archive is: held segments are archived ahead (`archive_ahead`).
+#[derive(Serialize)]
+struct ArchiveView {
+    /// The newest segment in the archive (from `archive_dir`, or with `archive_via` from
+    /// the decision log).
+    newest: Option<String>,
+    /// How far its end trails the server's position.
+    behind_bytes: Option<u64>,
+    /// Why the last attempt, a hold, could not archive ahead.
+    ahead_error: Option<String>,
+}
+
+/// The newest segment in `archive_dir`, in WAL order.
+fn newest_in(dir: &Path) -> Option<SegmentId> {
+    let (files, _) = crate::store::listing::names(dir).ok()?;
+    files
+        .into_iter()
+        .filter_map(|(_, w)| match w {
+            WalFile::Segment(id) => Some(id),
+            _ => None,
+        })
+        .max_by_key(|id| (id.log, id.seg, id.timeline))
+}
+
+fn archive_view(settings: &Settings, obs: &walguard_core::observation::Observation) -> ArchiveView {
+    let log = settings.log_file.as_deref();
+    let newest = match (&settings.archive_via, &settings.archive_dir) {
+        (None, Some(dir)) => newest_in(dir),
+        _ => log.and_then(crate::log::last_ahead).and_then(|l| {
+            match l.newest_archived.parse::<WalFile>() {
+                Ok(WalFile::Segment(id)) => Some(id),
+                _ => None,
+            }
+        }),
+    };
+    let behind_bytes = newest.and_then(|id| {
+        let end = id.end(obs.segment_size).ok()?;
+        Some(obs.current_lsn?.0.saturating_sub(end.0))
+    });
+    ArchiveView {
+        newest: newest.map(|id| id.to_string()),
+        behind_bytes,
+        ahead_error: log
+            .and_then(crate::log::last_decision)
+            .filter(|l| l.decision == "held" && !l.ahead_error.is_empty())
+            .map(|l| l.ahead_error),
+    }
 }
 
 fn valve_views(policy: &Policy, pressure: &Pressure, retained: Option<u64>) -> Vec<ValveView> {
@@ -393,6 +443,7 @@ fn build(settings: &Settings) -> Result<StatusView> {
                 .map(|d| d.as_secs_f64()),
         },
         pg_wal_space: pressure.pg_wal_space,
+        archive: archive_view(settings, &obs),
         valves: valve_views(&settings.policy, &pressure, retained),
     })
 }
@@ -400,6 +451,19 @@ fn build(settings: &Settings) -> Result<StatusView> {
 fn render(v: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "verdict: {}", v.verdict.text);
+    if let Some(newest) = &v.archive.newest {
+        let _ = writeln!(
+            out,
+            "newest in the archive: {newest}{}",
+            v.archive
+                .behind_bytes
+                .map(|b| format!(" ({} behind the server)", human_bytes(b)))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(failed) = &v.archive.ahead_error {
+        let _ = writeln!(out, "archiving ahead failed: {failed}");
+    }
     if v.verdict.reasons.len() > 1 {
         for r in v.verdict.reasons.iter().take(LISTED) {
             let _ = writeln!(out, "  - {r}");
@@ -494,6 +558,7 @@ fn metrics(view: Option<&StatusView>, settings: &Settings) -> metrics::Snapshot 
         waiting_segments: Some(v.waiting.segments as u64),
         waiting_bytes: Some(v.waiting.bytes),
         oldest_waiting_seconds: Some(v.waiting.oldest_seconds.unwrap_or(0.0)),
+        archive_behind_bytes: v.archive.behind_bytes,
         replicas: metric_replicas(&v.replicas),
         last_decisions,
         valves: v

@@ -80,6 +80,9 @@ pub struct Line {
     pub wal: String,
     pub decision: String,
     pub reason: String,
+    /// What a hold archived ahead: the newest segment in the archive, and what failed.
+    pub newest_archived: String,
+    pub ahead_error: String,
 }
 
 /// The `cmd=archive` lines of the log's end, newest first.
@@ -103,6 +106,8 @@ fn recent(path: &Path) -> Option<Vec<Line>> {
                     wal: get("wal"),
                     decision: get("decision"),
                     reason: get("reason"),
+                    newest_archived: get("newest_archived"),
+                    ahead_error: get("ahead_error"),
                 }
             })
             .collect(),
@@ -134,6 +139,13 @@ pub fn last_times(path: &Path) -> std::collections::BTreeMap<String, f64> {
         }
     }
     times
+}
+
+/// The newest `archive` decision that archived ahead (a hold), if the log's end has one.
+pub fn last_ahead(path: &Path) -> Option<Line> {
+    recent(path)?.into_iter().find(|l| {
+        l.decision == "held" && !(l.newest_archived.is_empty() && l.ahead_error.is_empty())
+    })
 }
 
 /// The newest `archive` decision in the log, if any.

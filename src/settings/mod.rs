@@ -193,6 +193,12 @@ pub struct Layer {
     #[arg(long, global = true, env = "WALGUARD_COMPRESS_LEVEL", value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compress_level: Option<i32>,
 
+    /// When a segment is held, copy it (and every other segment waiting) into the archive
+    /// anyway and withhold only the acknowledgement: PostgreSQL keeps it for the replica,
+    /// and the archive stays current [default: true]
+    #[arg(long, global = true, env = "WALGUARD_ARCHIVE_AHEAD", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub archive_ahead: Option<bool>,
+
     /// Prometheus textfile that every `archive` rewrites (for node_exporter) [default: off]
     #[arg(
         long,
@@ -228,6 +234,7 @@ impl Layer {
             header_check: self.header_check.or(lower.header_check),
             compress: self.compress.or(lower.compress),
             compress_level: self.compress_level.or(lower.compress_level),
+            archive_ahead: self.archive_ahead.or(lower.archive_ahead),
         }
     }
 }
@@ -251,6 +258,7 @@ pub struct Settings {
     pub header_check: bool,
     pub compress: Compress,
     pub compress_level: i32,
+    pub archive_ahead: bool,
 }
 
 #[derive(Debug, Error)]
@@ -387,6 +395,7 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         header_check: merged.header_check.unwrap_or(true),
         compress: merged.compress.unwrap_or_default(),
         compress_level: merged.compress_level.unwrap_or(3),
+        archive_ahead: merged.archive_ahead.unwrap_or(true),
     })
 }
 

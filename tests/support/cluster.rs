@@ -530,6 +530,15 @@ impl Cluster {
         self.pg_ctl(node, "stop")
     }
 
+    /// Stops `node` the way a crash would (`-m immediate`): nothing more is written.
+    pub fn stop_immediately(&self, node: &Node) -> Result<()> {
+        self.pg(
+            "pg_ctl",
+            &[&"-D", &node.data, &"-m", &"immediate", &"-w", &"stop"],
+        )
+        .map(drop)
+    }
+
     pub fn start_node(&self, node: &Node) -> Result<()> {
         self.pg_ctl(node, "start")
     }
@@ -537,7 +546,9 @@ impl Cluster {
     /// Stops replica `name`, finishes `segments` segments and waits until walguard holds
     /// the first: its decision line must name the replica as not connected (the other
     /// replicas may be named too, when they had not reported replaying it yet), and
-    /// nothing from it on may be in the archive. Returns the segments and that line.
+    /// nothing from it on may be acknowledged (`.done`: PostgreSQL may recycle those; with
+    /// `archive_ahead` they are in the archive already). Returns the segments and that
+    /// line.
     pub fn hold_by_stopping(&self, name: &str, segments: usize) -> Result<(Vec<String>, String)> {
         self.stop(self.replica(name))?;
         let held: Vec<String> = (0..segments)
@@ -547,9 +558,13 @@ impl Cluster {
         if !line.contains(&format!("replica app:{name} not connected")) {
             bail!("the hold does not name {name}: {line}");
         }
-        let archived = self.archived()?;
-        if archived.iter().any(|n| n >= &held[0]) {
-            bail!("archived past the stopped replica {name}: {archived:?}");
+        let acknowledged = self.query("SELECT last_archived_wal FROM pg_stat_archiver")?;
+        if acknowledged.as_ref().is_some_and(|a| a >= &held[0]) {
+            bail!("acknowledged past the stopped replica {name}: {acknowledged:?}");
+        }
+        let ready = self.ready()?;
+        if !held.iter().all(|h| ready.contains(h)) {
+            bail!("held segments are not all .ready: {held:?}, {ready:?}");
         }
         Ok((held, line))
     }

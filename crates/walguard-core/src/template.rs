@@ -52,11 +52,17 @@ fn place(value: &str, quoting: Quoting) -> Option<String> {
 /// The template with `%p` and `%f` replaced by `path` and `name` (each reading back as
 /// itself wherever it stands), `%%` by `%`; any other `%x` is left as written.
 pub fn expand(template: &str, path: &str, name: &str) -> Result<String, TemplateError> {
+    expand_noting(template, path, name).map(|(out, _)| out)
+}
+
+/// [`expand`], and whether the template named the file at all (`%p` or `%f`).
+fn expand_noting(template: &str, path: &str, name: &str) -> Result<(String, bool), TemplateError> {
     let fail = |problem: String| TemplateError {
         template: template.to_string(),
         problem,
     };
     let mut out = String::with_capacity(template.len() + path.len() + name.len());
+    let mut named = false;
     let mut quoting = Quoting::Bare;
     let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
@@ -82,6 +88,7 @@ pub fn expand(template: &str, path: &str, name: &str) -> Result<String, Template
                     ))
                 })?;
                 out.push_str(&placed);
+                named = true;
             }
             ('\\', Quoting::Bare | Quoting::Double) => {
                 out.push(c);
@@ -107,18 +114,28 @@ pub fn expand(template: &str, path: &str, name: &str) -> Result<String, Template
     if quoting != Quoting::Bare {
         return Err(fail(format!("ends {quoting}: a quote is not closed")));
     }
-    Ok(out)
+    Ok((out, named))
 }
 
 /// Checks a template once, at start: with any real path and name the only failures left
-/// are values no PostgreSQL path or WAL name has.
+/// are values no PostgreSQL path or WAL name has. A template that names no file (no `%p`
+/// or `%f`) is refused: it would archive the same thing whatever the file, and inside an
+/// archive_command PostgreSQL has already replaced a bare `%p` (write `%%p` there).
 pub fn check(template: &str) -> Result<(), TemplateError> {
-    expand(
+    let (_, named) = expand_noting(
         template,
         "pg_wal/000000010000000000000001",
         "000000010000000000000001",
-    )
-    .map(drop)
+    )?;
+    if !named {
+        return Err(TemplateError {
+            template: template.to_string(),
+            problem: "names no file: it needs %p (the path) or %f (the name); inside an \
+                      archive_command, where PostgreSQL replaces %p itself, write %%p"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// The program a command runs, for the log (`via=pgbackrest`): the first word that is
@@ -209,6 +226,9 @@ mod tests {
             );
         }
         assert!(check("pgbackrest --stanza=main archive-push %p").is_ok());
+        let err = check("pgbackrest --stanza=main archive-push pg_wal/000000010000000000000003")
+            .unwrap_err();
+        assert!(err.to_string().contains("names no file"), "{err}");
     }
 
     #[test]
