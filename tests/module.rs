@@ -196,6 +196,18 @@ fn holds_and_releases(major: u32) -> Result<()> {
     for name in &held {
         assert!(ready.contains(name), "{name} not .ready: {ready:?}");
     }
+    // Held, and archived ahead from inside the archiver too (within its per-call bound).
+    wait_for("the held segments archived ahead", ARCHIVE_WAIT, || {
+        let archived = c.archived()?;
+        Ok(held.iter().all(|h| archived.contains(h)).then_some(()))
+    })?;
+    assert!(
+        c.log_text()
+            .lines()
+            .any(|l| l.contains(&format!("wal={} decision=held", held[0])) && l.contains(" ahead=")),
+        "{}",
+        c.log_text()
+    );
 
     c.start_node(r2)?;
     c.wait_streaming(2)?;
@@ -203,6 +215,9 @@ fn holds_and_releases(major: u32) -> Result<()> {
     c.wait_archived(&last, ARCHIVE_WAIT)?;
     let archived = c.archived()?;
     assert!(is_contiguous(&archived), "gap in the archive: {archived:?}");
+    for name in &held {
+        c.wait_log_line(&format!("wal={name} decision=exists"))?;
+    }
     for name in held.iter().chain([&last]) {
         assert!(archived.contains(name), "{name} not archived: {archived:?}");
         let copy = std::fs::read(c.archive.join(name))?;

@@ -102,6 +102,7 @@ fn snapshot(
     exit: Exit,
     settings: &Settings,
     decision: &str,
+    newest_archived: Option<&str>,
 ) -> metrics::Snapshot {
     let held = exit == Exit::Held;
     let tripped = gathered.verdict.valve.as_ref().map(|t| t.valve);
@@ -147,6 +148,17 @@ fn snapshot(
         &settings.policy,
         None,
     ));
+    // The newest segment in the archive: this one once released, else the newest that
+    // went ahead of the hold.
+    let newest = match (held, newest_archived.map(str::parse::<WalFile>)) {
+        (false, _) => Some(*id),
+        (true, Some(Ok(WalFile::Segment(newest)))) => Some(newest),
+        _ => None,
+    };
+    snap.archive_behind_bytes = newest
+        .and_then(|n| n.end(obs.segment_size).ok())
+        .zip(obs.current_lsn)
+        .map(|(end, cur)| cur.0.saturating_sub(end.0));
     snap
 }
 
@@ -264,6 +276,7 @@ fn archive(
             .sysid
             .or_else(|| gathered.observation.as_ref()?.system_identifier),
     };
+    let mut newest_archived = None;
     let (level, decision, exit) = if !verdict.archive {
         // A standby never writes into the archive: what it holds, its primary archives.
         let on_standby = gathered.observation.as_ref().is_some_and(|o| o.in_recovery);
@@ -278,7 +291,8 @@ fn archive(
             );
             fields.push(("ahead", a.copied.to_string()));
             if let Some(newest) = a.newest {
-                fields.push(("newest_archived", newest));
+                fields.push(("newest_archived", newest.clone()));
+                newest_archived = Some(newest);
             }
             if a.left > 0 {
                 fields.push(("ahead_left", a.left.to_string()));
@@ -322,8 +336,16 @@ fn archive(
     }
     run.write(level, decision, fields);
     if settings.metrics_file.is_some() {
-        let snapshot = matches!(wal, WalFile::Segment(_))
-            .then(|| snapshot(wal_path, &gathered, exit, settings, decision));
+        let snapshot = matches!(wal, WalFile::Segment(_)).then(|| {
+            snapshot(
+                wal_path,
+                &gathered,
+                exit,
+                settings,
+                decision,
+                newest_archived.as_deref(),
+            )
+        });
         write_metrics(settings, decision, snapshot);
     }
     Ok(exit)
