@@ -1024,7 +1024,7 @@ fn main() -> Result<()> {
         Duration::from_secs(10),
         &walguard::observe::conninfo::ProcessEnv,
     )?;
-    let observed = walguard::observe::sql::observe_within(&target, Duration::from_secs(5))?;
+    let observed = walguard::observe::sql::observe_within(&target, Duration::from_secs(5), false)?;
     let sysid = observed
         .system_identifier
         .context("the server reported no system identifier")?;

@@ -193,26 +193,27 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
             "archive_dir", "replicas", "conninfo", "log_file", "position", "keep_segments",
             "unlisted", "resolve", "timeout", "pgdata", "min_free", "max_retained", "max_hold",
             "on_event", "source", "metrics_file", "archive_via", "header_check", "compress",
-            "compress_level", "archive_ahead",
+            "compress_level", "archive_ahead", "self_", "archive_check_via",
         ],
         "check" => &[
             "replicas", "conninfo", "position", "keep_segments", "unlisted", "resolve", "timeout",
             "pgdata", "min_free", "max_retained", "max_hold", "source", "archive_via",
-            "archive_dir", "archive_ahead",
+            "archive_dir", "archive_ahead", "self_", "archive_check_via",
         ],
         "status" => &[
             "replicas", "conninfo", "log_file", "position", "keep_segments", "unlisted",
             "resolve", "timeout", "pgdata", "min_free", "max_retained", "max_hold", "source",
+            "self_", "archive_dir", "archive_via",
         ],
         "log" => &["log_file"],
         "cleanup" => &[
             "archive_dir", "replicas", "conninfo", "log_file", "position", "resolve", "timeout",
-            "pgdata", "source",
+            "pgdata", "source", "self_",
         ],
         "restore" => &["archive_dir", "log_file", "restore_timeout", "pgdata", "header_check"],
         "verify" => &[
             "archive_dir", "replicas", "conninfo", "position", "resolve", "timeout", "pgdata",
-            "source",
+            "source", "self_",
         ],
         _ => &[],
     }

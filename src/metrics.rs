@@ -12,6 +12,8 @@ pub struct ReplicaMetric {
     pub name: String,
     pub connected: bool,
     pub lag_bytes: Option<u64>,
+    /// For a line with a slot: whether the slot is lost.
+    pub slot_lost: Option<bool>,
 }
 
 /// Everything one exposition says; the default knows nothing (walguard not up).
@@ -125,6 +127,12 @@ pub fn render(s: &Snapshot) -> String {
         "walguard_replica_lag_bytes",
         "how far the replica's position that counts trails the primary",
         &per(&|r| r.lag_bytes.map(|b| b.to_string())),
+    );
+    family(
+        &mut out,
+        "walguard_replica_slot_lost",
+        "1 when the listed replica's replication slot is lost: it must be rebuilt",
+        &per(&|r| r.slot_lost.map(flag)),
     );
     let decisions: Vec<(String, String)> = s
         .last_decisions
@@ -262,11 +270,13 @@ mod tests {
                     name: "app:r1".into(),
                     connected: true,
                     lag_bytes: Some(0),
+                    slot_lost: None,
                 },
                 ReplicaMetric {
                     name: "app:\"odd\\name".into(),
                     connected: false,
                     lag_bytes: None,
+                    slot_lost: Some(true),
                 },
             ],
             last_decisions: BTreeMap::from([("archived".into(), 1.5), ("held".into(), 2.25)]),
@@ -285,6 +295,7 @@ mod tests {
             "walguard_replica_lag_bytes{replica=\"app:r1\"} 0\n",
             "walguard_last_decision_timestamp_seconds{decision=\"held\"} 2.250\n",
             "walguard_valve_tripped{valve=\"max_hold\"} 1\n",
+            "walguard_replica_slot_lost{replica=\"app:\\\"odd\\\\name\"} 1\n",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }

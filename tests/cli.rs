@@ -529,7 +529,7 @@ fn each_subcommand_help_shows_the_settings_it_reads() {
     let check = help("check");
     assert!(
         check.contains("--replicas")
-            && !check.contains("--archive-dir")
+            && !check.contains("--metrics-file")
             && !check.contains("--on-event"),
         "{check}"
     );
@@ -758,7 +758,7 @@ fn archive_via_values_read_back_as_themselves_in_every_quoting() {
     // operator's environment (a backup tool needs its PG* and credentials), but not
     // walguard's conninfo.
     let via = format!(
-        "AWS_SECRET_ACCESS_KEY=topsecret sh -c 'echo \"$AWS_SECRET_ACCESS_KEY ${{PGPASSWORD-unset}} ${{WALGUARD_CONNINFO-unset}}\" > {}'",
+        "AWS_SECRET_ACCESS_KEY=topsecret sh -c 'echo \"$AWS_SECRET_ACCESS_KEY ${{PGPASSWORD-unset}} ${{WALGUARD_CONNINFO-unset}}\" > {}' %p",
         seen.display()
     );
     let out = Command::new(WALGUARD)

@@ -80,7 +80,14 @@ fn undecided(
         tripped.detail,
         describe_error(&error)
     );
-    let mut verdict = walguard_core::decision::decide(wal, None, &pressure, &[], &settings.policy);
+    let mut verdict = walguard_core::decision::decide(
+        wal,
+        None,
+        &pressure,
+        &[],
+        &settings.policy,
+        &Default::default(),
+    );
     verdict.archive = true;
     verdict.valve = Some(Tripped {
         valve: tripped.valve,
@@ -302,6 +309,14 @@ fn archive(
             }
         }
         (Level::Info, "held", Exit::Held)
+    } else if verdict.standby {
+        // A standby acknowledges what its primary archived; it never writes into the
+        // archive (after a promotion it archives like any primary).
+        fields.push(("role", "standby".to_string()));
+        match verdict.valve {
+            Some(_) => (Level::Warn, "valve", Exit::Ok),
+            None => (Level::Info, "exists", Exit::Ok),
+        }
     } else {
         let done = put::put(run, settings, road, &file, early)?;
         if let Some(stored) = done.stored {
@@ -313,6 +328,16 @@ fn archive(
             None => (Level::Info, done.decision, Exit::Ok),
         }
     };
+    if verdict.standby && exit == Exit::Held {
+        fields.push(("role", "standby".to_string()));
+    }
+    // A replica whose slot is lost holds nothing, and every line says so while it lasts.
+    let level = if verdict.lost.is_empty() {
+        level
+    } else {
+        fields.push(("lost", verdict.lost.join(",")));
+        Level::Warn
+    };
     // A signal during the commit waited for it; now end without starting the hook.
     if let Some(command) = settings.on_event.as_ref().filter(|_| !commit::signalled()) {
         let previous = settings
@@ -323,6 +348,32 @@ fn archive(
             let hook = run_hook(run, settings, command, event, verdict, &fields);
             fields.push(("event", event.as_str().to_string()));
             fields.push(("hook", hook));
+        }
+        // A lost slot is news once: when the last decision did not say so yet.
+        let before = settings.log_file.as_deref().map(|path| {
+            log::last_decision(path)
+                .map(|l| {
+                    l.lost
+                        .split(',')
+                        .filter(|e| !e.is_empty())
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        });
+        if let Some(before) = before {
+            let news = walguard_core::event::newly_lost(&verdict.lost, &before);
+            if !news.is_empty() {
+                let details = Details {
+                    event: Event::Lost,
+                    wal: &run.wal,
+                    replicas: &news.join(","),
+                    reason: "its replication slot is lost: the WAL it needs is gone; rebuild it from a base backup",
+                };
+                let hook = hook::run_hook(command, &details, run.child_limit(settings.timeout));
+                fields.push(("lost_event", "lost".to_string()));
+                fields.push(("lost_hook", hook));
+            }
         }
     }
     // PostgreSQL's own log only says "archive command failed with exit code 1": say why,

@@ -46,6 +46,20 @@ fn explain(
             settings.policy.keep_segments
         );
     }
+    match &verdict.own {
+        Some((entry, why)) => {
+            let _ = writeln!(out, "this server is {entry} ({why}): its line is skipped");
+        }
+        None if !verdict.matches.is_empty() => {
+            out.push_str("this server is none of the list's lines (set self to name it)\n");
+        }
+        None => {}
+    }
+    if verdict.standby {
+        out.push_str(
+            "a standby: it acknowledges a file only once the archive holds it, and checks only the lines that stream from it\n",
+        );
+    }
     out.push('\n');
     out.push_str(&replica_table(
         &replica_views(verdict, obs, &settings.policy, None),

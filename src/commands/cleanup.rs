@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use walguard_core::cleanup::{self, Archived, Plan, Point, Refusal, Replica};
-use walguard_core::decision::{self, Reason};
+use walguard_core::decision::{self, Checked, Reason};
 use walguard_core::logfmt::Level;
 use walguard_core::observation::{Observation, Pressure};
 use walguard_core::wal::{SegmentId, WalFile};
@@ -52,12 +52,15 @@ struct BackupView {
     timeline: u32,
 }
 
-/// Each listed replica's point, from the server, as the decision matches them.
+/// Each listed replica's point, from the server, as the decision matches them. A line
+/// checked elsewhere (a cascade, seen from the primary) has a position cleanup cannot
+/// see: it refuses, as for a replica that is away. A line whose slot is lost holds
+/// nothing: it needs a new base backup, not the archive.
 fn replicas(
     settings: &Settings,
 ) -> Result<(Vec<Replica>, walguard_core::observation::Observation)> {
     let list = gather::load_list(settings)?;
-    let obs = gather::observe(settings, None)?;
+    let obs = gather::observe(settings, None, gather::wants_slots(&list))?;
     if obs.in_recovery {
         bail!("{}", Reason::InRecovery);
     }
@@ -66,27 +69,34 @@ fn replicas(
         .current_lsn
         .ok_or_else(|| anyhow!("the server reports no current position"))?;
     let subject = WalFile::Segment(SegmentId::containing(timeline, current, obs.segment_size));
+    let (scope, _) = gather::scope(settings, &list, &obs);
     let verdict = decision::decide(
         &subject,
         Some(&obs),
         &Pressure::default(),
         &list,
         &settings.policy,
+        &scope,
     );
     let replicas = verdict
         .matches
         .iter()
+        .filter(|m| !matches!(m.checked, Checked::Own(_)))
+        .filter(|m| !verdict.lost.contains(&m.entry.to_string()))
         .map(|m| {
             let entry = m.entry.to_string();
-            let ws = m.walsender.map(|w| &obs.walsenders[w]);
-            match ws.and_then(|ws| settings.policy.position.reported(obs.origin, ws)) {
-                Some(lsn) => Replica::At(Point {
+            match (&m.checked, m.at) {
+                (Checked::Here, Some(lsn)) => Replica::At(Point {
                     timeline,
                     lsn,
                     who: format!("{entry} at {lsn}"),
                 }),
-                None => Replica::Unknown {
-                    why: if ws.is_some() {
+                (Checked::Elsewhere(why), _) => Replica::Unknown {
+                    why: format!("{why}, and its position is not visible from here"),
+                    entry,
+                },
+                _ => Replica::Unknown {
+                    why: if m.walsender.is_some() {
                         "reports no position"
                     } else {
                         "is not connected"

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use thiserror::Error;
-use walguard_core::decision::{self, Reason, Verdict, join_bounded};
+use walguard_core::decision::{self, Reason, Scope, Verdict, join_bounded};
 use walguard_core::event::{self, Event, Previous};
 use walguard_core::list::Entry;
 use walguard_core::observation::{Observation, Pressure};
@@ -101,13 +101,29 @@ pub fn load_list(settings: &Settings) -> Result<Vec<Entry>> {
         .hint("fix the replicas list")
 }
 
+/// Where the server is: `conninfo` completed as libpq would, and what that leaves unset
+/// of the host and port taken from the server running in `pgdata` (`postmaster.pid`),
+/// so that one config serves every node of a cluster.
+pub fn target(settings: &Settings) -> Result<Target, crate::observe::conninfo::ConninfoError> {
+    Target::with_local(
+        settings.conninfo.as_deref(),
+        settings.timeout,
+        &ProcessEnv,
+        local::postmaster(&settings.pgdata).as_ref(),
+    )
+}
+
 /// Asks the server, or the process titles when configured (`source`). `segment_bytes`
 /// is the segment file's size, which is all that tells the segment size without SQL.
-pub fn observe(settings: &Settings, segment_bytes: Option<u64>) -> Result<Observation> {
+pub fn observe(
+    settings: &Settings,
+    segment_bytes: Option<u64>,
+    slots: bool,
+) -> Result<Observation> {
     let sql = || -> Result<Observation> {
-        let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)?;
+        let target = target(settings)?;
         // Half the budget at most: the fallback, the valves and the copy need the rest.
-        Ok(sql::observe_within(&target, settings.timeout / 2)?)
+        Ok(sql::observe_within(&target, settings.timeout / 2, slots)?)
     };
     let ps = || -> Result<Observation> {
         let bytes = segment_bytes.context(
@@ -156,17 +172,47 @@ pub enum Observer<'a> {
 }
 
 impl Observer<'_> {
-    fn observe(self, settings: &Settings, segment_bytes: Option<u64>) -> Result<Observation> {
+    fn observe(
+        self,
+        settings: &Settings,
+        segment_bytes: Option<u64>,
+        slots: bool,
+    ) -> Result<Observation> {
         match self {
-            Observer::Outside => observe(settings, segment_bytes),
+            Observer::Outside => observe(settings, segment_bytes, slots),
             Observer::Inside(read) => read(),
         }
     }
 }
 
+/// Whether a list line names a replication slot (the observation then reads them).
+pub fn wants_slots(list: &[Entry]) -> bool {
+    list.iter().any(|e| e.options.slot.is_some())
+}
+
+/// Which line of `list` is this server (see `decision::own_line`), and a warning when
+/// that could not be told. The host's addresses are only listed when needed.
+pub fn own_line(
+    settings: &Settings,
+    list: &[Entry],
+    cluster_name: Option<&str>,
+) -> (Option<(usize, String)>, Option<String>) {
+    let by_name = settings.self_.is_some()
+        || cluster_name.is_some_and(|n| {
+            list.iter()
+                .any(|e| e.selector == walguard_core::list::Selector::App(n.to_string()))
+        });
+    let addrs = if by_name {
+        Vec::new()
+    } else {
+        crate::sys::local_addresses()
+    };
+    decision::own_line(list, settings.self_.as_deref(), cluster_name, &addrs)
+}
+
 /// The conninfo keys that are accepted but change nothing, for `check` and `status`.
 pub fn conninfo_notes(settings: &Settings) -> Vec<String> {
-    Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv)
+    target(settings)
         .map(|t| t.notes().iter().map(|n| format!("conninfo: {n}")).collect())
         .unwrap_or_default()
 }
@@ -177,7 +223,7 @@ pub fn extras(settings: &Settings, obs: &Observation) -> Option<sql::Extras> {
     if obs.origin != walguard_core::observation::Origin::Sql {
         return None;
     }
-    let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv).ok()?;
+    let target = target(settings).ok()?;
     sql::extras(&target, obs.server_version).ok()
 }
 
@@ -240,28 +286,47 @@ fn wrong_size(
     }
 }
 
-/// The decision for `wal`, observing the server only when the file is a segment.
-/// `file` is the segment file and its metadata when known: its size is cross-checked
-/// against the server's, and its age is how long the segment has waited (`max_hold`).
-/// Failures to observe or to read the list come back as [`Undecided`].
+/// The decision for `wal`. A segment is decided from an observation of the server; a
+/// history file, backup label or `.partial` needs none, except on a standby, where every
+/// file waits until the archive holds it. `file` is the file and its metadata when known:
+/// a segment's size is cross-checked against the server's, and its age is how long it
+/// has waited (`max_hold`). Failures to observe or to read the list come back as
+/// [`Undecided`].
 pub fn decide(
     settings: &Settings,
     observer: Observer,
     wal: &WalFile,
     file: Option<(&Path, &std::fs::Metadata)>,
 ) -> Result<Gathered> {
+    let meta = file.map(|(_, m)| m);
+    let undecided = |e: anyhow::Error| anyhow::Error::new(Undecided(describe_error(&e)));
     if !matches!(wal, WalFile::Segment(_)) {
-        let verdict = decision::decide(wal, None, &Pressure::default(), &[], &settings.policy);
+        // A standby knows itself from its pg_control (or, inside, from shared memory).
+        let standby = match observer {
+            Observer::Outside => local::control_in_recovery(&settings.pgdata) == Some(true),
+            Observer::Inside(read) => read().is_ok_and(|o| o.in_recovery),
+        };
+        let scope = Scope {
+            archived: standby.then(|| archived(settings, wal, file, None)),
+            standby,
+            ..Scope::default()
+        };
+        let verdict = decision::decide(
+            wal,
+            None,
+            &Pressure::default(),
+            &[],
+            &settings.policy,
+            &scope,
+        );
         return Ok(Gathered {
             verdict,
             observation: None,
             wal: None,
         });
     }
-    let meta = file.map(|(_, m)| m);
-    let undecided = |e: anyhow::Error| anyhow::Error::new(Undecided(describe_error(&e)));
     let list = load_list(settings).map_err(undecided)?;
-    let obs = match observer.observe(settings, meta.map(|m| m.len())) {
+    let obs = match observer.observe(settings, meta.map(|m| m.len()), wants_slots(&list)) {
         Ok(obs) => obs,
         Err(e) => {
             let message = not_accepting(&e).ok_or_else(|| undecided(e))?;
@@ -296,12 +361,55 @@ pub fn decide(
         ));
     }
     let pressure = local::pressure(&settings.pgdata, meta.and_then(|m| m.modified().ok()));
-    let verdict = decision::decide(wal, Some(&obs), &pressure, &list, &settings.policy);
+    let (mut scope, warning) = scope(settings, &list, &obs);
+    if scope.standby {
+        scope.archived = Some(archived(settings, wal, file, Some(&obs)));
+    }
+    let mut verdict = decision::decide(wal, Some(&obs), &pressure, &list, &settings.policy, &scope);
+    verdict.warnings.extend(warning);
     Ok(Gathered {
         verdict,
         observation: Some(obs),
         wal: Some(wal.clone()),
     })
+}
+
+/// Where this server stands (its own line, standby or primary) for decisions about it;
+/// what the archive holds is the caller's to add. Also a warning about the own line.
+pub fn scope(settings: &Settings, list: &[Entry], obs: &Observation) -> (Scope, Option<String>) {
+    let (own, warning) = own_line(settings, list, obs.cluster_name.as_deref());
+    (
+        Scope {
+            own,
+            standby: obs.in_recovery,
+            archived: None,
+        },
+        warning,
+    )
+}
+
+/// On a standby: whether the archive holds `wal` (see `put::in_archive`).
+pub fn archived(
+    settings: &Settings,
+    wal: &WalFile,
+    file: Option<(&Path, &std::fs::Metadata)>,
+    obs: Option<&Observation>,
+) -> Result<bool, String> {
+    let road = super::put::Road::of(settings).map_err(|e| describe_error(&e))?;
+    let name = wal.to_string();
+    let path = file.map_or_else(
+        || settings.pgdata.join("pg_wal").join(&name),
+        |(p, _)| p.to_path_buf(),
+    );
+    let f = super::put::File {
+        path: &path,
+        name: &name,
+        wal,
+        bytes: file.map_or(0, |(_, m)| m.len()),
+        segment_size: obs.map(|o| o.segment_size),
+        sysid: local::system_identifier(&settings.pgdata).or(obs.and_then(|o| o.system_identifier)),
+    };
+    super::put::in_archive(settings, road, &f, settings.timeout / 3)
 }
 
 /// Before the server is asked: a segment file whose size is no segment size at all is

@@ -6,7 +6,6 @@ use walguard_core::header::ControlStamp;
 use walguard_core::observation::Observation;
 use walguard_core::wal::WalFile;
 
-use crate::observe::conninfo::{ProcessEnv, Target};
 use crate::observe::{local, sql};
 use crate::settings::{Settings, Source};
 
@@ -80,6 +79,6 @@ pub fn probe(settings: &Settings) -> Option<Observation> {
     if settings.source == Source::Ps {
         return None;
     }
-    let target = Target::new(settings.conninfo.as_deref(), settings.timeout, &ProcessEnv).ok()?;
-    sql::observe_within(&target, IDENTITY_PROBE.min(settings.timeout / 2)).ok()
+    let target = super::gather::target(settings).ok()?;
+    sql::observe_within(&target, IDENTITY_PROBE.min(settings.timeout / 2), false).ok()
 }

@@ -181,6 +181,67 @@ pub fn put(
     }
 }
 
+/// Whether the archive holds `file` already, for a standby's acknowledgement (its
+/// primary archives; the standby only looks): with walguard's own copy, a file of that
+/// name (plain or `.zst`) whose header says it is that segment of this cluster; with
+/// `archive_via`, `archive_check_via`'s exit 0. `Err` says why it cannot be told.
+pub fn in_archive(
+    settings: &Settings,
+    road: Road,
+    file: &File,
+    limit: Duration,
+) -> Result<bool, String> {
+    match road {
+        Road::Copy(dir) => {
+            let found = [
+                file.name.to_string(),
+                format!("{}{}", file.name, archive_copy::ZSTD_SUFFIX),
+            ]
+            .into_iter()
+            .find(|form| std::fs::symlink_metadata(dir.join(form)).is_ok());
+            let Some(stored) = found else {
+                return Ok(false);
+            };
+            let WalFile::Segment(segment) = file.wal else {
+                return Ok(true);
+            };
+            if !settings.header_check {
+                return Ok(true);
+            }
+            let size = file
+                .segment_size
+                .map_or_else(|| SegmentSize::new(file.bytes), Ok)
+                .map_err(|e| e.to_string())?;
+            let head = crate::store::listing::head(&dir.join(&stored), &stored)
+                .map_err(|e| format!("cannot read the archive's {stored}: {e}"))?;
+            let expected = Expected {
+                segment: *segment,
+                size,
+                sysid: file.sysid,
+            };
+            walguard_core::header::check(&head, &expected)
+                .map(|_| true)
+                .map_err(|m| format!("the archive's {stored} is not this segment: {m}"))
+        }
+        Road::Via(_) => {
+            let Some(check) = settings.archive_check_via.as_deref() else {
+                return Err(
+                    "archive_check_via is not set: with archive_via, a standby cannot look into the archive".into(),
+                );
+            };
+            let command =
+                walguard_core::template::expand(check, &file.path.to_string_lossy(), file.name)
+                    .map_err(|e| e.to_string())?;
+            let ran = hook::run(&command, &[], &hook::VIA_UNSET, limit, true);
+            match ran.ended {
+                hook::Ended::Exited(0) => Ok(true),
+                hook::Ended::Exited(_) => Ok(false),
+                _ => Err(format!("archive_check_via {}", ran.describe())),
+            }
+        }
+    }
+}
+
 /// Where `pg_wal`'s archive status files are, for a WAL file at `wal_path`.
 pub fn archive_status(wal_path: &Path) -> PathBuf {
     wal_path

@@ -153,6 +153,10 @@ struct WaitingView {
 #[derive(Serialize)]
 struct StatusView {
     verdict: VerdictView,
+    /// `primary` or `standby` (which acknowledges only what the archive holds).
+    role: &'static str,
+    /// This server's own list line, and why it is taken to be.
+    own_line: Option<OwnView>,
     source: Origin,
     segment_size: u64,
     current_lsn: Option<String>,
@@ -162,6 +166,12 @@ struct StatusView {
     pg_wal_space: Option<Space>,
     valves: Vec<ValveView>,
     archive: ArchiveView,
+}
+
+#[derive(Serialize)]
+struct OwnView {
+    entry: String,
+    why: String,
 }
 
 /// How current the archive is: held segments are archived ahead (`archive_ahead`).
@@ -316,7 +326,7 @@ fn build(settings: &Settings) -> Result<StatusView> {
             })
         }),
     };
-    let obs = gather::observe(settings, segment_bytes)?;
+    let obs = gather::observe(settings, segment_bytes, gather::wants_slots(&list))?;
     let extras = gather::extras(settings, &obs);
     let (waiting, pgdata) = waiting(settings, extras.as_ref(), obs.segment_size.bytes())?;
     let oldest_segment = waiting
@@ -345,7 +355,19 @@ fn build(settings: &Settings) -> Result<StatusView> {
             obs.segment_size,
         )),
     };
-    let verdict = decision::decide(&subject, Some(&obs), &pressure, &list, &settings.policy);
+    let (mut scope, own_warning) = gather::scope(settings, &list, &obs);
+    if scope.standby {
+        scope.archived = Some(gather::archived(settings, &subject, None, Some(&obs)));
+    }
+    let mut verdict = decision::decide(
+        &subject,
+        Some(&obs),
+        &pressure,
+        &list,
+        &settings.policy,
+        &scope,
+    );
+    verdict.warnings.extend(own_warning);
     let retained = oldest_segment
         .as_ref()
         .and_then(|(f, _)| decision::retained(&obs, f));
@@ -412,7 +434,21 @@ fn build(settings: &Settings) -> Result<StatusView> {
         },
     };
     let held = matches!(state, State::Held | State::WillHold);
+    let text = if verdict.standby {
+        format!("standby: {text}")
+    } else {
+        text
+    };
     Ok(StatusView {
+        role: if verdict.standby {
+            "standby"
+        } else {
+            "primary"
+        },
+        own_line: verdict
+            .own
+            .clone()
+            .map(|(entry, why)| OwnView { entry, why }),
         verdict: VerdictView {
             state,
             text,
@@ -451,6 +487,13 @@ fn build(settings: &Settings) -> Result<StatusView> {
 fn render(v: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "verdict: {}", v.verdict.text);
+    if let Some(own) = &v.own_line {
+        let _ = writeln!(
+            out,
+            "this server: {} ({}); its line is skipped",
+            own.entry, own.why
+        );
+    }
     if let Some(newest) = &v.archive.newest {
         let _ = writeln!(
             out,

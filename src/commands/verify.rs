@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Result, anyhow};
 use serde::Serialize;
-use walguard_core::decision;
+use walguard_core::decision::{self, Checked};
 use walguard_core::observation::{Observation, Pressure};
 use walguard_core::verify::Report;
 use walguard_core::wal::{SegmentId, WalFile};
@@ -83,27 +83,34 @@ fn coverage(
         .ok_or_else(|| anyhow!("the server reports no current position (a standby?)"))?;
     let timeline = obs.timeline.unwrap_or(1);
     let subject = WalFile::Segment(SegmentId::containing(timeline, current, obs.segment_size));
+    let (scope, _) = gather::scope(settings, &list, obs);
     let verdict = decision::decide(
         &subject,
         Some(obs),
         &Pressure::default(),
         &list,
         &settings.policy,
+        &scope,
     );
     Ok(verdict
         .matches
         .iter()
+        .filter(|m| !matches!(m.checked, Checked::Own(_)))
         .map(|m| {
-            let ws = m.walsender.map(|w| &obs.walsenders[w]);
-            let position = ws.and_then(|ws| settings.policy.position.reported(obs.origin, ws));
-            let (could, missing, note) = match (ws, position) {
-                (None, _) => (
+            let position = m.at;
+            let (could, missing, note) = match (&m.checked, m.walsender, position) {
+                (Checked::Elsewhere(why), ..) => (
+                    None,
+                    None,
+                    Some(format!("{why}: its position is not visible here")),
+                ),
+                (_, Some(_), None) => (None, None, Some("reports no position".to_string())),
+                (_, None, None) => (
                     None,
                     None,
                     Some("not connected: its position is unknown".to_string()),
                 ),
-                (Some(_), None) => (None, None, Some("reports no position".to_string())),
-                (Some(_), Some(at)) => match report.covers(timeline, at, current, &in_pg_wal) {
+                (_, _, Some(at)) => match report.covers(timeline, at, current, &in_pg_wal) {
                     Ok(()) => (Some(true), None, None),
                     Err(first) => (Some(false), Some(first), None),
                 },
@@ -196,7 +203,9 @@ pub fn run(settings: &Settings, json: bool) -> Result<Exit> {
     // The server, when it answers, says what every header must: an archive can be
     // verified without it (the headers then set the segment size and the cluster).
     let observed = match settings.replicas() {
-        Ok(_) => gather::observe(settings, None).map_err(|e| crate::exit::describe_error(&e)),
+        Ok(_) => {
+            gather::observe(settings, None, false).map_err(|e| crate::exit::describe_error(&e))
+        }
         Err(_) => Err("no replicas list".to_string()),
     };
     let server = observed.as_ref().ok();

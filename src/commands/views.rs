@@ -2,7 +2,7 @@
 //! unlisted replica, as a table or JSON.
 
 use serde::Serialize;
-use walguard_core::decision::{Policy, Unlisted, Verdict};
+use walguard_core::decision::{Checked, Match, Policy, Unlisted, Verdict};
 use walguard_core::observation::{Observation, Walsender};
 use walguard_core::units::human_bytes;
 use walguard_core::wal::Lsn;
@@ -26,12 +26,38 @@ pub struct ReplicaView {
     pub write_lsn: Option<String>,
     pub flush_lsn: Option<String>,
     pub replay_lsn: Option<String>,
-    /// `past`, `needs it`, `unlisted` (holds) or `ignored`.
+    /// `past`, `needs it`, `unlisted` (holds), `ignored`, `self` (this server's own line),
+    /// `elsewhere` (checked on the node it streams from) or `lost` (its slot is lost).
     pub verdict: &'static str,
-    /// Bytes behind the primary's current position (by the position that counts).
+    /// Why a line is `self` or `elsewhere`.
+    pub note: Option<String>,
+    /// Bytes behind the server's current position (by the position that counts).
     pub lag_bytes: Option<u64>,
     /// Waiting segments this replica has not passed yet (status only).
     pub segments_behind: Option<usize>,
+    /// The line's replication slot, as the server shows it.
+    pub slot: Option<SlotView>,
+}
+
+/// A list line's physical replication slot.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotView {
+    pub name: String,
+    /// Whether the server has it at all.
+    pub exists: bool,
+    pub active: bool,
+    /// The walsender using it: the line's own, when it streams through its slot.
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<String>,
+    /// `reserved`, `extended`, `unreserved` or `lost`; `None` before PostgreSQL 13.
+    pub wal_status: Option<String>,
+    pub invalidation_reason: Option<String>,
+    /// Since when it is unused (PostgreSQL 17+).
+    pub inactive_since: Option<String>,
+    /// WAL that may still be written before it is lost (`max_slot_wal_keep_size`).
+    pub safe_wal_size: Option<i64>,
+    /// The line's position came from it (the replica is away).
+    pub speaks_for_it: bool,
 }
 
 /// The views of every list entry, then every unlisted replica. `waiting_ends` (the end
@@ -46,25 +72,35 @@ pub fn replica_views(
         Unlisted::Hold => "unlisted",
         Unlisted::Ignore => "ignored",
     };
-    let listed = verdict
-        .matches
-        .iter()
-        .map(|m| (Some(m.entry.to_string()), m.walsender, None));
+    let listed = verdict.matches.iter().map(|m| {
+        let (mark, note) = match &m.checked {
+            Checked::Own(why) => (Some("self"), Some(why.clone())),
+            Checked::Elsewhere(why) => (Some("elsewhere"), Some(why.clone())),
+            Checked::Here if verdict.lost.contains(&m.entry.to_string()) => (
+                Some("lost"),
+                Some("its slot is lost: rebuild it from a base backup".to_string()),
+            ),
+            Checked::Here => (None, None),
+        };
+        (Some(m), m.walsender, mark, note)
+    });
     let unlisted = verdict
         .unlisted
         .iter()
-        .map(|&w| (None, Some(w), Some(unlisted_mark)));
+        .map(|&w| (None, Some(w), Some(unlisted_mark), None));
     listed
         .chain(unlisted)
-        .map(|(entry, w, mark)| {
+        .map(|(m, w, mark, note)| {
             let ws = w.map(|w| &obs.walsenders[w]);
             let lsn = |f: fn(&Walsender) -> Option<Lsn>| ws.and_then(f).map(|l| l.to_string());
-            let position = ws.and_then(|ws| policy.position.reported(obs.origin, ws));
-            let past = position
-                .zip(verdict.need)
-                .is_some_and(|(at, need)| at >= need);
+            let position = match m {
+                Some(m) => m.at,
+                None => ws.and_then(|ws| policy.position.reported(obs.origin, ws)),
+            };
+            let need = m.and_then(|m| m.need).or(verdict.need);
+            let past = position.zip(need).is_some_and(|(at, need)| at >= need);
             ReplicaView {
-                entry,
+                entry: m.map(|m| m.entry.to_string()),
                 connected: ws.is_some(),
                 walsender: ws.map(Walsender::describe),
                 pid: ws.map(|w| w.pid),
@@ -78,6 +114,7 @@ pub fn replica_views(
                 flush_lsn: lsn(|w| w.flush),
                 replay_lsn: lsn(|w| w.replay),
                 verdict: mark.unwrap_or(if past { "past" } else { "needs it" }),
+                note,
                 lag_bytes: obs
                     .current_lsn
                     .zip(position)
@@ -87,9 +124,27 @@ pub fn replica_views(
                     (None, _) => Some(ends.len()),
                     (Some(_), None) => None,
                 }),
+                slot: m.and_then(|m| slot_view(m, obs)),
             }
         })
         .collect()
+}
+
+fn slot_view(m: &Match, obs: &Observation) -> Option<SlotView> {
+    let name = m.entry.options.slot.clone()?;
+    let s = m.slot.as_ref();
+    Some(SlotView {
+        exists: s.is_some() || obs.slots.is_none(),
+        active: s.is_some_and(|s| s.active),
+        active_pid: s.and_then(|s| s.active_pid),
+        restart_lsn: s.and_then(|s| s.restart_lsn).map(|l| l.to_string()),
+        wal_status: s.and_then(|s| s.wal_status.clone()),
+        invalidation_reason: s.and_then(|s| s.invalidation_reason.clone()),
+        inactive_since: s.and_then(|s| s.inactive_since.clone()),
+        safe_wal_size: s.and_then(|s| s.safe_wal_size),
+        speaks_for_it: m.from_slot,
+        name,
+    })
 }
 
 /// The replicas as a table; `with_lag` adds the status-only columns. Connected replicas
@@ -106,10 +161,21 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool, max: usize) -> Strin
     let rows: Vec<Vec<String>> = order
         .into_iter()
         .map(|v| {
-            let who = v
-                .walsender
-                .clone()
-                .unwrap_or_else(|| "not connected".to_string());
+            let who = match (&v.walsender, v.verdict, &v.slot) {
+                (Some(w), ..) => w.clone(),
+                (None, "self", _) => "this server".to_string(),
+                (None, "elsewhere", _) => "(checked on its upstream)".to_string(),
+                (None, _, Some(slot)) if slot.speaks_for_it => format!(
+                    "not connected; slot {} at {}",
+                    slot.name,
+                    slot.restart_lsn.as_deref().unwrap_or("-")
+                ),
+                (None, _, Some(slot)) if !slot.exists => {
+                    format!("not connected; no slot {}", slot.name)
+                }
+                (None, "lost", Some(slot)) => format!("not connected; slot {} LOST", slot.name),
+                _ => "not connected".to_string(),
+            };
             let mut row = vec![
                 v.entry.clone().unwrap_or_else(|| "(not in list)".into()),
                 who,
@@ -128,7 +194,7 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool, max: usize) -> Strin
             }
             // Quiet when fine, loud when it holds.
             row.push(match v.verdict {
-                "past" | "ignored" => v.verdict.to_string(),
+                "past" | "ignored" | "self" | "elsewhere" => v.verdict.to_string(),
                 other => other.to_uppercase(),
             });
             row
@@ -151,7 +217,12 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool, max: usize) -> Strin
 pub fn metric_replicas(views: &[ReplicaView]) -> Vec<crate::metrics::ReplicaMetric> {
     views
         .iter()
+        // This server itself, and cascades checked on their upstream: not replicas here.
+        .filter(|v| !matches!(v.verdict, "self" | "elsewhere"))
         .map(|v| crate::metrics::ReplicaMetric {
+            slot_lost: v.slot.as_ref().map(|s| {
+                s.wal_status.as_deref() == Some("lost") || s.invalidation_reason.is_some()
+            }),
             name: v
                 .entry
                 .clone()

@@ -83,6 +83,8 @@ pub struct Line {
     /// What a hold archived ahead: the newest segment in the archive, and what failed.
     pub newest_archived: String,
     pub ahead_error: String,
+    /// Lines whose slot was lost, comma-separated.
+    pub lost: String,
 }
 
 /// The `cmd=archive` lines of the log's end, newest first.
@@ -108,6 +110,7 @@ fn recent(path: &Path) -> Option<Vec<Line>> {
                     reason: get("reason"),
                     newest_archived: get("newest_archived"),
                     ahead_error: get("ahead_error"),
+                    lost: get("lost"),
                 }
             })
             .collect(),

@@ -304,6 +304,30 @@ fn service(name: &str, env: &dyn Env) -> Result<Vec<(String, String)>, ConninfoE
     )))
 }
 
+/// The server running in a data directory, from its `postmaster.pid`: where a
+/// connection reaches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalServer {
+    pub port: u16,
+    /// The first Unix socket directory (`None`: it listens on TCP only).
+    pub socket_dir: Option<PathBuf>,
+}
+
+impl LocalServer {
+    /// `postmaster.pid`'s text: pid, data directory, start time, port, first socket
+    /// directory, ... (PostgreSQL 10 to 18).
+    pub fn parse(text: &str) -> Option<LocalServer> {
+        let lines: Vec<&str> = text.lines().collect();
+        let port = lines.get(3)?.trim().parse().ok()?;
+        let socket_dir = lines
+            .get(4)
+            .map(|l| l.trim())
+            .filter(|l| l.starts_with('/'))
+            .map(PathBuf::from);
+        Some(LocalServer { port, socket_dir })
+    }
+}
+
 /// A resolved connection target. Its `Debug` and `describe` never show the password.
 #[derive(Clone)]
 pub struct Target {
@@ -352,6 +376,19 @@ impl Target {
         timeout: Duration,
         env: &dyn Env,
     ) -> Result<Target, ConninfoError> {
+        Self::with_local(conninfo, timeout, env, None)
+    }
+
+    /// [`Target::new`], where what the conninfo, the service and the `PG*` variables
+    /// leave unset of the host and the port is `local`'s: the server whose data directory
+    /// walguard runs in (PostgreSQL runs archive_command there), from its `postmaster.pid`.
+    /// One config then serves every node of a cluster.
+    pub fn with_local(
+        conninfo: Option<&str>,
+        timeout: Duration,
+        env: &dyn Env,
+        local: Option<&LocalServer>,
+    ) -> Result<Target, ConninfoError> {
         let given = match conninfo.map(str::trim) {
             Some(text) if text.starts_with("postgresql://") || text.starts_with("postgres://") => {
                 parse_uri(text)?
@@ -396,7 +433,15 @@ impl Target {
         }
         let get = |key: &str| param(&params, key);
         let mut config = postgres::Config::new();
-        for host in get("host").unwrap_or(DEFAULT_SOCKET_DIR).split(',') {
+        let local_host = local
+            .filter(|_| get("hostaddr").is_none())
+            .and_then(|l| l.socket_dir.as_deref())
+            .and_then(Path::to_str);
+        for host in get("host")
+            .or(local_host)
+            .unwrap_or(DEFAULT_SOCKET_DIR)
+            .split(',')
+        {
             if host.starts_with('/') {
                 config.host_path(host);
             } else if !host.is_empty() {
@@ -410,7 +455,9 @@ impl Target {
                 .map_err(|_| bad(format!("hostaddr={addr:?} is not an IP address")))?;
             config.hostaddr(ip);
         }
+        let local_port = local.map(|l| l.port.to_string());
         for port in get("port")
+            .or(local_port.as_deref())
             .into_iter()
             .flat_map(|p| p.split(','))
             .filter(|p| !p.is_empty())
@@ -853,6 +900,29 @@ mod tests {
             err.contains("must be quoted") && !err.contains("sesame"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_local_server_fills_what_is_left_unset() {
+        let pid = "4242\n/var/lib/postgresql/15/main\n1733450000\n5433\n/var/run/postgresql\n*\n  5433001     98304\nready   \n";
+        let local = LocalServer::parse(pid).unwrap();
+        assert_eq!(local.port, 5433);
+        let t = Target::with_local(None, T, &env(&[]), Some(&local)).unwrap();
+        assert!(
+            t.describe()
+                .starts_with("host=/var/run/postgresql port=5433 "),
+            "{}",
+            t.describe()
+        );
+        // What is given wins: a host of its own keeps the local port, a port its own.
+        let t = Target::with_local(Some("host=db9"), T, &env(&[]), Some(&local)).unwrap();
+        assert_eq!(t.config().get_ports(), &[5433]);
+        let t = Target::with_local(None, T, &env(&[("PGPORT", "6000")]), Some(&local)).unwrap();
+        assert_eq!(t.config().get_ports(), &[6000]);
+        assert_eq!(LocalServer::parse("1\n/d\n"), None);
+        // TCP only: no socket directory, the default host.
+        let tcp = LocalServer::parse("1\n/d\n1\n5432\n\n*\n").unwrap();
+        assert_eq!(tcp.socket_dir, None);
     }
 
     #[test]

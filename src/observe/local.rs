@@ -52,6 +52,13 @@ pub fn control_in_recovery(pgdata: &Path) -> Option<bool> {
     walguard_core::header::control_in_recovery(&control(pgdata)?)
 }
 
+/// The server running in `pgdata`, from its `postmaster.pid`: `None` when none runs
+/// there (or walguard does not run in a data directory).
+pub fn postmaster(pgdata: &Path) -> Option<super::conninfo::LocalServer> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    super::conninfo::LocalServer::parse(&text)
+}
+
 /// What kind of recovery the server in `pgdata` is in, from its signal files: what a
 /// failed `restore` must do depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 use walguard_core::header::ControlStamp;
-use walguard_core::observation::{Archiver, Observation, Origin, Walsender};
+use walguard_core::observation::{Archiver, Observation, Origin, Slot, Walsender};
 use walguard_core::units::Bytes;
 use walguard_core::wal::{Lsn, SegmentSize};
 
@@ -47,19 +47,28 @@ pub enum ObserveError {
 /// Times are RFC 3339 in UTC, like every other time walguard prints.
 const QUERY: &str = "\
 SELECT current_setting('wal_segment_size'),
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END,
+       CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END,
        a.last_archived_wal,
        to_char(a.last_archived_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
        a.last_failed_wal,
        to_char(a.last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
        a.failed_count, pg_is_in_recovery(), current_user, (pg_control_system()).system_identifier,
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+       CASE WHEN pg_is_in_recovery() THEN lpad(to_hex((pg_control_checkpoint()).timeline_id), 8, '0')
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END,
        current_setting('server_version_num'), (pg_control_checkpoint()).checkpoint_lsn,
-       extract(epoch FROM (pg_control_system()).pg_control_last_modified)::bigint
+       extract(epoch FROM (pg_control_system()).pg_control_last_modified)::bigint,
+       current_setting('cluster_name')
 FROM pg_stat_get_archiver() a;
 SELECT pg_get_userbyid(a.usesysid), a.application_name, host(a.client_addr), a.client_hostname,
        a.datid IS NOT NULL, w.*
 FROM pg_stat_get_wal_senders() w, pg_stat_get_activity(w.pid) a ORDER BY w.pid";
+
+/// The physical slots, as a third statement of the same round trip when a list line
+/// names one: as JSON, so that the columns of every version (`wal_status` from 13,
+/// `invalidation_reason` and `inactive_since` from 17) come through one query.
+const SLOTS: &str = "\
+;
+SELECT to_jsonb(s)::text FROM pg_get_replication_slots() s WHERE s.slot_type = 'physical'";
 
 fn unexpected(what: &'static str, value: &str) -> ObserveError {
     ObserveError::Unexpected {
@@ -89,6 +98,7 @@ struct ServerRow {
     system_identifier: Option<u64>,
     server_version: Option<u32>,
     control: Option<ControlStamp>,
+    cluster_name: Option<String>,
 }
 
 fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, ObserveError> {
@@ -127,6 +137,7 @@ fn parse_server_row(row: &postgres::SimpleQueryRow) -> Result<ServerRow, Observe
             }),
             _ => None,
         },
+        cluster_name: text(14).filter(|n| !n.is_empty()),
     })
 }
 
@@ -180,11 +191,12 @@ fn connect(target: &Target) -> Result<postgres::Client, ObserveError> {
 pub fn observe_within(
     target: &Target,
     limit: std::time::Duration,
+    slots: bool,
 ) -> Result<Observation, ObserveError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let owned = target.clone();
     std::thread::spawn(move || {
-        let _ = tx.send(observe(&owned));
+        let _ = tx.send(observe(&owned, slots));
     });
     rx.recv_timeout(limit).unwrap_or_else(|_| {
         Err(ObserveError::NoAnswer {
@@ -194,12 +206,39 @@ pub fn observe_within(
     })
 }
 
-/// Connects once, reads everything, disconnects.
-pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
+/// A physical slot from its JSON row (`to_jsonb` of `pg_get_replication_slots()`).
+fn parse_slot(json: &str) -> Result<Slot, ObserveError> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|_| unexpected("pg_replication_slots", json))?;
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    Ok(Slot {
+        name: text("slot_name").ok_or_else(|| unexpected("slot_name", json))?,
+        active: v.get("active").and_then(|x| x.as_bool()).unwrap_or(false),
+        active_pid: v
+            .get("active_pid")
+            .and_then(|x| x.as_i64())
+            .and_then(|p| i32::try_from(p).ok()),
+        restart_lsn: text("restart_lsn")
+            .map(|l| l.parse::<Lsn>().map_err(|_| unexpected("restart_lsn", &l)))
+            .transpose()?,
+        wal_status: text("wal_status"),
+        invalidation_reason: text("invalidation_reason"),
+        inactive_since: text("inactive_since"),
+        safe_wal_size: v.get("safe_wal_size").and_then(|x| x.as_i64()),
+    })
+}
+
+/// Connects once, reads everything (with `slots`, the physical slots too), disconnects.
+pub fn observe(target: &Target, slots: bool) -> Result<Observation, ObserveError> {
     let described = target.describe();
     let mut client = connect(target)?;
+    let query = if slots {
+        format!("{QUERY}{SLOTS}")
+    } else {
+        QUERY.to_string()
+    };
     let messages = client
-        .simple_query(QUERY)
+        .simple_query(&query)
         .map_err(|source| ObserveError::Query {
             target: described,
             source,
@@ -208,13 +247,19 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
     let mut statement = 0;
     let mut server = None;
     let mut walsenders = Vec::new();
+    let mut found_slots = Vec::new();
     for message in &messages {
         match message {
             postgres::SimpleQueryMessage::CommandComplete(_) => statement += 1,
             postgres::SimpleQueryMessage::Row(row) if statement == 0 => {
                 server = Some(parse_server_row(row)?)
             }
-            postgres::SimpleQueryMessage::Row(row) => walsenders.push(parse_row(row)?),
+            postgres::SimpleQueryMessage::Row(row) if statement == 1 => {
+                walsenders.push(parse_row(row)?)
+            }
+            postgres::SimpleQueryMessage::Row(row) => {
+                found_slots.push(parse_slot(row.get(0).unwrap_or(""))?)
+            }
             _ => {}
         }
     }
@@ -232,6 +277,8 @@ pub fn observe(target: &Target) -> Result<Observation, ObserveError> {
         system_identifier: server.system_identifier,
         server_version: server.server_version,
         control: server.control,
+        cluster_name: server.cluster_name,
+        slots: slots.then_some(found_slots),
         walsenders,
         archiver: Some(server.archiver),
     })

@@ -133,6 +133,8 @@ pub fn observe(pgdata: &Path, segment_size: SegmentSize) -> Result<Observation, 
         system_identifier: None,
         server_version: None,
         control: None,
+        cluster_name: None,
+        slots: None,
         walsenders,
         archiver: None,
     })

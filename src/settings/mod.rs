@@ -199,6 +199,30 @@ pub struct Layer {
     #[arg(long, global = true, env = "WALGUARD_ARCHIVE_AHEAD", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub archive_ahead: Option<bool>,
 
+    /// This server's own line in the replicas list (app:n1, an address, a host name), so
+    /// that one list can name every node: that line is skipped here [default: the app:
+    /// line of the server's cluster_name, else the line naming one of this host's addresses]
+    #[arg(
+        long = "self",
+        global = true,
+        env = "WALGUARD_SELF",
+        value_name = "LINE"
+    )]
+    #[serde(rename = "self")]
+    pub self_: Option<String>,
+
+    /// On a standby with archive_via: the command that says whether the archive holds a
+    /// file (exit 0: it does), %p and %f as for archive_via (e.g. "pgbackrest
+    /// --stanza=main archive-get %f /dev/null") [default: unset: a standby with
+    /// archive_via acknowledges nothing]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_ARCHIVE_CHECK_VIA",
+        value_name = "COMMAND"
+    )]
+    pub archive_check_via: Option<String>,
+
     /// Prometheus textfile that every `archive` rewrites (for node_exporter) [default: off]
     #[arg(
         long,
@@ -235,6 +259,8 @@ impl Layer {
             compress: self.compress.or(lower.compress),
             compress_level: self.compress_level.or(lower.compress_level),
             archive_ahead: self.archive_ahead.or(lower.archive_ahead),
+            self_: self.self_.or(lower.self_),
+            archive_check_via: self.archive_check_via.or(lower.archive_check_via),
         }
     }
 }
@@ -259,6 +285,9 @@ pub struct Settings {
     pub compress: Compress,
     pub compress_level: i32,
     pub archive_ahead: bool,
+    /// This server's own list line, as the setting `self` names it.
+    pub self_: Option<String>,
+    pub archive_check_via: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -363,11 +392,14 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     if let Some(level) = merged.compress_level.filter(|l| !(1..=19).contains(l)) {
         return Err(SettingsError::Level(level));
     }
-    if let Some(via) = &merged.archive_via {
-        walguard_core::template::check(via).map_err(|error| SettingsError::Template {
-            setting: "archive_via",
-            error,
-        })?;
+    for (setting, template) in [
+        ("archive_via", &merged.archive_via),
+        ("archive_check_via", &merged.archive_check_via),
+    ] {
+        if let Some(template) = template {
+            walguard_core::template::check(template)
+                .map_err(|error| SettingsError::Template { setting, error })?;
+        }
     }
     Ok(Settings {
         archive_dir: merged.archive_dir,
@@ -396,6 +428,8 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         compress: merged.compress.unwrap_or_default(),
         compress_level: merged.compress_level.unwrap_or(3),
         archive_ahead: merged.archive_ahead.unwrap_or(true),
+        self_: merged.self_.filter(|s| !s.trim().is_empty()),
+        archive_check_via: merged.archive_check_via,
     })
 }
 

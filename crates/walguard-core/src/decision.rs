@@ -7,55 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::list::{Entry, Lookup, Selector};
-use crate::observation::{Observation, Origin, Pressure, Walsender};
+pub use crate::observation::Position;
+use crate::observation::{Observation, Pressure, Slot, Walsender};
 use crate::units::{FreeSpace, human_bytes};
 use crate::wal::{Lsn, WalFile};
-
-/// Which replica position must pass the segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Position {
-    /// Replayed: the replica's data already contains the segment.
-    #[default]
-    Replay,
-    /// Flushed to the replica's disk: enough for it to stream on, not yet applied.
-    Flush,
-}
-
-impl Position {
-    /// The spellings settings accept.
-    pub const NAMES: [&'static str; 2] = ["replay", "flush"];
-
-    /// The position of `ws` that counts. Process titles only show the sent position, so
-    /// that is all a ps observation offers.
-    pub fn reported(self, origin: Origin, ws: &Walsender) -> Option<Lsn> {
-        match (origin, self) {
-            (Origin::Ps, _) => ws.sent,
-            (Origin::Sql | Origin::Shmem, Position::Replay) => ws.replay,
-            (Origin::Sql | Origin::Shmem, Position::Flush) => ws.flush,
-        }
-    }
-
-    /// The name of the position that counts, for messages.
-    pub fn name(self, origin: Origin) -> &'static str {
-        match (origin, self) {
-            (Origin::Ps, _) => "sent",
-            (Origin::Sql | Origin::Shmem, Position::Replay) => "replay",
-            (Origin::Sql | Origin::Shmem, Position::Flush) => "flush",
-        }
-    }
-}
-
-impl FromStr for Position {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "replay" => Ok(Position::Replay),
-            "flush" => Ok(Position::Flush),
-            _ => Err(format!("{s:?} is not a position: replay or flush")),
-        }
-    }
-}
 
 /// What to do about a connected replica that the list does not name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
@@ -176,11 +131,124 @@ pub fn undecided_valve(valves: &Valves, pressure: &Pressure) -> Option<Tripped> 
     check_valves(valves, pressure, None)
 }
 
-/// A list entry and the walsender it was matched with (index into the observation).
+/// Where a list line is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// On this server: its replica streams from here.
+    Here,
+    /// Not at all: the line names this server itself (and why it is taken to).
+    Own(String),
+    /// On another node (its `upstream=`, or the primary): the reason, for a person.
+    Elsewhere(String),
+}
+
+/// A list line, the walsender it was matched with (index into the observation), and
+/// where it stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {
     pub entry: Entry,
     pub walsender: Option<usize>,
+    pub checked: Checked,
+    /// Its position that counts: from its walsender, or (not connected) its slot's
+    /// `restart_lsn`.
+    pub at: Option<Lsn>,
+    /// `at` came from its slot.
+    pub from_slot: bool,
+    /// The position it must reach for the segment to go (its own `keep_segments`).
+    pub need: Option<Lsn>,
+    /// Its slot as the server shows it, when the line names one.
+    pub slot: Option<Slot>,
+}
+
+impl Match {
+    /// Whether this line counts in the decision here.
+    pub fn counts(&self) -> bool {
+        self.checked == Checked::Here
+    }
+}
+
+/// This server's place in the list, and on a standby what the archive already holds:
+/// what decides which lines are checked here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// This server's own list line (index) and how it was told (`self = app:n1`).
+    pub own: Option<(usize, String)>,
+    /// The server is a standby (`archive_mode = always`): it acknowledges a file only once
+    /// the archive holds it (the primary archived it), and checks only the lines that
+    /// stream from it.
+    pub standby: bool,
+    /// On a standby: whether the archive holds the file (`Err`: it could not be told, and
+    /// why).
+    pub archived: Option<Result<bool, String>>,
+}
+
+/// Which line of `list` is this server itself: the one `self_setting` names, else the
+/// `app:` line of its `cluster_name`, else the one line that names one of `own_addrs`
+/// (the host's addresses). Also a warning when the choice could not be made.
+pub fn own_line(
+    list: &[Entry],
+    self_setting: Option<&str>,
+    cluster_name: Option<&str>,
+    own_addrs: &[core::net::IpAddr],
+) -> (Option<(usize, String)>, Option<String>) {
+    if let Some(want) = self_setting {
+        // Compared as lines write it: `app:n1`, an address, a host name (any case).
+        let want = want.trim().to_ascii_lowercase();
+        let found = list
+            .iter()
+            .position(|e| crate::list::display(&e.selector).to_ascii_lowercase() == want);
+        return match found {
+            Some(i) => (Some((i, format!("self = {want}"))), None),
+            None => (
+                None,
+                Some(format!(
+                    "self = {want} names no line of the list: every line is taken for another node"
+                )),
+            ),
+        };
+    }
+    if let Some(name) = cluster_name.filter(|n| !n.is_empty())
+        && let Some(i) = list
+            .iter()
+            .position(|e| e.selector == Selector::App(name.to_string()))
+    {
+        return (
+            Some((i, format!("the server's cluster_name is {name}"))),
+            None,
+        );
+    }
+    let mine: Vec<usize> = (0..list.len())
+        .filter(|&i| match &list[i].selector {
+            Selector::Addr(a) => own_addrs.contains(a),
+            Selector::Host {
+                lookup: Lookup::Found(addrs),
+                ..
+            } => addrs.iter().any(|a| own_addrs.contains(a)),
+            _ => false,
+        })
+        .collect();
+    match mine.as_slice() {
+        [i] => (
+            Some((*i, format!("{} is one of this host's addresses", list[*i]))),
+            None,
+        ),
+        [] => (None, None),
+        many => (
+            None,
+            Some(format!(
+                "{} lines name this host's addresses ({}): set self (WALGUARD_SELF) to say which is this server",
+                many.len(),
+                join_bounded(
+                    &many
+                        .iter()
+                        .map(|&i| list[i].to_string())
+                        .collect::<Vec<_>>(),
+                    5,
+                    ", "
+                )
+            )),
+        ),
+    }
 }
 
 /// The slowest listed replica and where it stands.
@@ -214,6 +282,11 @@ pub enum Reason {
         noun: &'static str,
         hidden: bool,
     },
+    /// On a standby: the archive does not hold the file yet (the primary has not
+    /// archived it), or it could not be told.
+    NotArchivedYet { file: String, why: Option<String> },
+    /// A listed replica is not connected and its named slot does not exist.
+    SlotMissing { entry: String, slot: String },
     /// Rule 7: the slowest listed replica is not past the position needed.
     Behind {
         entry: String,
@@ -234,6 +307,18 @@ impl std::fmt::Display for Reason {
             Reason::NotAccepting(message) => write!(
                 f,
                 "the server does not accept connections now ({message}): the segment stays in pg_wal and is archived once it is up"
+            ),
+            Reason::NotArchivedYet { file, why: None } => write!(
+                f,
+                "{file} is not in the archive yet: on a standby it is acknowledged only once the primary has archived it"
+            ),
+            Reason::NotArchivedYet { file, why: Some(why) } => write!(
+                f,
+                "whether {file} is in the archive cannot be told ({why}): on a standby it is acknowledged only once the primary has archived it"
+            ),
+            Reason::SlotMissing { entry, slot } => write!(
+                f,
+                "replica {entry} not connected, and its slot {slot} does not exist on this server: create it, or fix slot= in the list"
             ),
             Reason::NotConnected { entry, hint: None } => write!(f, "replica {entry} not connected"),
             Reason::NotConnected { entry, hint: Some(h) } => {
@@ -277,12 +362,14 @@ impl Reason {
         match self {
             Reason::NotConnected { entry, .. }
             | Reason::NoPosition { entry, .. }
+            | Reason::SlotMissing { entry, .. }
             | Reason::Behind { entry, .. } => Some(entry.clone()),
             Reason::Unlisted { pid, .. } => Some(format!("unlisted:{pid}")),
             Reason::Impossible(_)
             | Reason::Unobserved
             | Reason::InRecovery
             | Reason::NotAccepting(_)
+            | Reason::NotArchivedYet { .. }
             | Reason::Hidden { .. } => None,
         }
     }
@@ -324,17 +411,21 @@ pub struct Verdict {
     pub need: Option<Lsn>,
     /// What is wrong but holds nothing (shown by `check` and `status`).
     pub warnings: Vec<String>,
+    /// Lines whose slot is lost: their replica must be rebuilt, and they hold nothing.
+    pub lost: Vec<String>,
+    /// Decided on a standby: an acknowledgement only, nothing goes into the archive.
+    pub standby: bool,
+    /// This server's own line (skipped) and why it is taken to be.
+    pub own: Option<(String, String)>,
 }
 
 impl Verdict {
-    /// `k/n`: list entries matched by a connected walsender, of all entries.
+    /// `k/n`: list lines checked here that a connected walsender matches, of all lines
+    /// checked here.
     pub fn replicas_connected(&self) -> (usize, usize) {
-        let connected = self
-            .matches
-            .iter()
-            .filter(|m| m.walsender.is_some())
-            .count();
-        (connected, self.matches.len())
+        let here = self.matches.iter().filter(|m| m.counts());
+        let connected = here.clone().filter(|m| m.walsender.is_some()).count();
+        (connected, here.count())
     }
 
     /// A hold for reasons found before any replica was looked at.
@@ -354,6 +445,9 @@ impl Verdict {
             slowest: None,
             need: None,
             warnings: Vec::new(),
+            lost: Vec::new(),
+            standby: false,
+            own: None,
         }
     }
 
@@ -475,33 +569,61 @@ fn not_connected_hint(entry: &Entry, obs: &Observation, unlisted: &[usize]) -> O
 /// `pg_basebackup -R` writes): two replicas sharing it cannot be told apart by `app:`.
 const DEFAULT_APPLICATION_NAME: &str = "walreceiver";
 
-/// Decides whether `wal` may be archived now. `observation` is only consulted for
-/// segments; `None` stands for "not observed", which holds a segment.
+/// Decides whether `wal` may be archived now (on a standby: acknowledged). `observation`
+/// is only consulted for segments; `None` stands for "not observed", which holds a
+/// segment. `scope` says which list line is this server and, on a standby, what the
+/// archive holds.
 pub fn decide(
     wal: &WalFile,
     observation: Option<&Observation>,
     pressure: &Pressure,
     list: &[Entry],
     policy: &Policy,
+    scope: &Scope,
 ) -> Verdict {
+    let own = scope
+        .own
+        .as_ref()
+        .and_then(|(i, why)| Some((list.get(*i)?.to_string(), why.clone())));
+    // On a standby nothing is acknowledged that the archive does not hold: what this
+    // standby recycles, its primary must have archived.
+    let not_archived = || -> Option<Reason> {
+        match &scope.archived {
+            _ if !scope.standby => None,
+            Some(Ok(true)) => None,
+            Some(Ok(false)) | None => Some(Reason::NotArchivedYet {
+                file: wal.to_string(),
+                why: None,
+            }),
+            Some(Err(why)) => Some(Reason::NotArchivedYet {
+                file: wal.to_string(),
+                why: Some(why.clone()),
+            }),
+        }
+    };
     let id = match wal {
         WalFile::Segment(id) => id,
         // Rule 2: replicas never stream these from pg_wal, and a held history file only
-        // hurts a failover.
+        // hurts a failover. On a standby they wait for the archive like the rest.
         other => {
+            let held: Vec<Reason> = not_archived().into_iter().collect();
             return Verdict {
-                exempt: Some(format!(
-                    "{} files are archived at once: replicas never stream them from pg_wal",
-                    other.kind()
-                )),
-                ..Verdict::new(true, Vec::new())
+                exempt: held.is_empty().then(|| {
+                    format!(
+                        "{} files are archived at once: replicas never stream them from pg_wal",
+                        other.kind()
+                    )
+                }),
+                standby: scope.standby,
+                own,
+                ..Verdict::new(held.is_empty(), held)
             };
         }
     };
     let Some(obs) = observation else {
         return Verdict::new(false, vec![Reason::Unobserved]);
     };
-    if obs.in_recovery {
+    if obs.in_recovery && !scope.standby {
         let valve = check_valves(&policy.valves, pressure, None);
         return Verdict {
             valve: valve.clone(),
@@ -509,40 +631,115 @@ pub fn decide(
         };
     }
     let mut reasons = Vec::new();
+    reasons.extend(not_archived());
+    let size = obs.segment_size.bytes();
 
-    // Rule 3: where the segment ends, plus the margin the operator asked for.
-    let need = match id.end(obs.segment_size) {
-        Ok(end) => {
-            let margin = policy
-                .keep_segments
-                .saturating_mul(obs.segment_size.bytes());
-            Some(Lsn(end.0.saturating_add(margin)))
-        }
+    // Rule 3: where the segment ends; each line adds the margin asked for it.
+    let end = match id.end(obs.segment_size) {
+        Ok(end) => Some(end),
         Err(e) => {
             reasons.push(Reason::Impossible(e.to_string()));
             None
         }
     };
+    let need_for = |entry: &Entry| {
+        let keep = entry.options.keep_segments.unwrap_or(policy.keep_segments);
+        end.map(|e| Lsn(e.0.saturating_add(keep.saturating_mul(size))))
+    };
 
-    // Rule 5: every line matched by its own walsender; no unlisted replica.
-    let matches: Vec<Match> = list
+    // Which lines are checked here: a line without upstream= on the primary, a line whose
+    // upstream is this server's own line; never the own line itself.
+    let own_index = scope.own.as_ref().map(|(i, _)| *i);
+    let own_name = own_index.and_then(|i| list.get(i)).map(|e| e.to_string());
+    let checked: Vec<Checked> = list
         .iter()
-        .zip(assign(list, &obs.walsenders))
-        .map(|(entry, walsender)| Match {
-            entry: entry.clone(),
-            walsender,
+        .enumerate()
+        .map(|(i, e)| {
+            if Some(i) == own_index {
+                return Checked::Own(
+                    scope
+                        .own
+                        .as_ref()
+                        .map(|(_, w)| w.clone())
+                        .unwrap_or_default(),
+                );
+            }
+            match (&e.options.upstream, obs.in_recovery) {
+                (Some(up), _) if Some(up) == own_name.as_ref() => Checked::Here,
+                (Some(up), _) => Checked::Elsewhere(format!("streams from {up}: checked there")),
+                (None, false) => Checked::Here,
+                (None, true) => {
+                    Checked::Elsewhere("streams from the primary: checked there".into())
+                }
+            }
         })
         .collect();
+
+    // Rule 5: every line matched by its own walsender (the own line takes none). A line
+    // checked elsewhere whose replica streams from here after all (a cascade pointed at
+    // this server) is checked here too: it can only protect more.
+    let others: Vec<usize> = (0..list.len()).filter(|&i| Some(i) != own_index).collect();
+    let picked: Vec<Entry> = others.iter().map(|&i| list[i].clone()).collect();
+    let mut assigned: Vec<Option<usize>> = vec![None; list.len()];
+    for (&i, w) in others.iter().zip(assign(&picked, &obs.walsenders)) {
+        assigned[i] = w;
+    }
+    let mut matches: Vec<Match> = Vec::with_capacity(list.len());
+    for ((entry, walsender), checked) in list.iter().zip(assigned).zip(checked) {
+        let checked = match checked {
+            Checked::Elsewhere(_) if walsender.is_some() => Checked::Here,
+            other => other,
+        };
+        let slot = entry.options.slot.as_ref().and_then(|name| {
+            obs.slots
+                .as_ref()?
+                .iter()
+                .find(|s| &s.name == name)
+                .cloned()
+        });
+        let kind = entry.options.position.unwrap_or(policy.position);
+        let (at, from_slot) = match (walsender, &slot) {
+            (Some(w), _) => (kind.reported(obs.origin, &obs.walsenders[w]), false),
+            // Not connected: what its slot says it last confirmed (flushed), never more.
+            (None, Some(s)) if !s.lost() => (s.restart_lsn, s.restart_lsn.is_some()),
+            (None, _) => (None, false),
+        };
+        matches.push(Match {
+            need: need_for(entry),
+            entry: entry.clone(),
+            walsender,
+            checked,
+            at,
+            from_slot,
+            slot,
+        });
+    }
     let matched = |w: usize| matches.iter().any(|m| m.walsender == Some(w));
     let unlisted: Vec<usize> = (0..obs.walsenders.len())
         .filter(|&w| obs.walsenders[w].is_replica() && obs.walsenders[w].visible())
         .filter(|&w| !matched(w))
         .collect();
-    for m in matches.iter().filter(|m| m.walsender.is_none()) {
-        reasons.push(Reason::NotConnected {
-            entry: m.entry.to_string(),
-            hint: not_connected_hint(&m.entry, obs, &unlisted),
-        });
+    let mut lost = Vec::new();
+    for m in matches
+        .iter()
+        .filter(|m| m.counts() && m.walsender.is_none())
+    {
+        let entry = m.entry.to_string();
+        match (&m.entry.options.slot, &m.slot, &obs.slots) {
+            // Its slot is lost: it can no longer stream what it needs; holding more only
+            // fills the disk. It must be rebuilt.
+            (Some(_), Some(s), _) if s.lost() => lost.push(entry),
+            // Its slot speaks for it (the position is compared below).
+            (Some(_), Some(_), _) if m.from_slot => {}
+            (Some(slot), None, Some(_)) => reasons.push(Reason::SlotMissing {
+                entry,
+                slot: slot.clone(),
+            }),
+            _ => reasons.push(Reason::NotConnected {
+                hint: not_connected_hint(&m.entry, obs, &unlisted),
+                entry,
+            }),
+        }
     }
     if policy.unlisted == Unlisted::Hold {
         for &w in &unlisted {
@@ -570,35 +767,50 @@ pub fn decide(
         });
     }
 
-    // Rules 6 and 7: every matched replica has reported a position, and the slowest is past.
-    let mut slowest: Option<Slowest> = None;
-    let noun = policy.position.name(obs.origin);
-    for m in &matches {
-        let Some(ws) = m.walsender.map(|w| &obs.walsenders[w]) else {
+    // Rules 6 and 7: every line counted here has a position, and each is past what it
+    // needs. The slowest is the one furthest from its need.
+    let mut slowest: Option<(&Match, i128)> = None;
+    for m in matches.iter().filter(|m| m.counts()) {
+        if lost.contains(&m.entry.to_string()) {
             continue;
-        };
-        match policy.position.reported(obs.origin, ws) {
-            None => reasons.push(Reason::NoPosition {
+        }
+        let noun = m
+            .entry
+            .options
+            .position
+            .unwrap_or(policy.position)
+            .name(obs.origin);
+        match (m.at, m.walsender) {
+            (None, Some(w)) => reasons.push(Reason::NoPosition {
                 entry: m.entry.to_string(),
                 noun,
-                hidden: !ws.visible(),
+                hidden: !obs.walsenders[w].visible(),
             }),
-            Some(lsn) if slowest.as_ref().is_none_or(|s| lsn < s.lsn) => {
-                slowest = Some(Slowest {
-                    entry: m.entry.to_string(),
-                    lsn,
-                });
+            (None, None) => {}
+            (Some(at), _) => {
+                let margin = i128::from(at.0) - i128::from(m.need.unwrap_or(at).0);
+                if slowest.is_none_or(|(_, worst)| margin < worst) {
+                    slowest = Some((m, margin));
+                }
             }
-            Some(_) => {}
         }
     }
-    if let (Some(s), Some(need)) = (&slowest, need)
-        && s.lsn < need
+    if let Some((m, margin)) = slowest
+        && margin < 0
+        && let (Some(at), Some(need)) = (m.at, m.need)
     {
         reasons.push(Reason::Behind {
-            entry: s.entry.clone(),
-            noun,
-            at: s.lsn,
+            entry: m.entry.to_string(),
+            noun: if m.from_slot {
+                "slot's restart"
+            } else {
+                m.entry
+                    .options
+                    .position
+                    .unwrap_or(policy.position)
+                    .name(obs.origin)
+            },
+            at,
             need,
         });
     }
@@ -615,8 +827,13 @@ pub fn decide(
              set application_name=NAME in each replica's primary_conninfo and list them as app:NAME, so the list can tell them apart"
         ));
     }
+    for entry in &lost {
+        warnings.push(format!(
+            "replica {entry}: its slot is lost (the WAL it needs is gone): it must be rebuilt from a base backup, and holds nothing until then"
+        ));
+    }
 
-    // Rule 8: a held segment goes anyway when keeping it would endanger the primary.
+    // Rule 8: a held segment goes anyway when keeping it would endanger the server.
     let valve = if reasons.is_empty() {
         None
     } else {
@@ -628,17 +845,30 @@ pub fn decide(
             blame.push(culprit);
         }
     }
+    let default_need = end.map(|e| {
+        Lsn(e
+            .0
+            .saturating_add(policy.keep_segments.saturating_mul(size)))
+    });
     Verdict {
         archive: reasons.is_empty() || valve.is_some(),
         reasons,
         exempt: None,
         blame,
         valve,
+        slowest: slowest.and_then(|(m, _)| {
+            Some(Slowest {
+                entry: m.entry.to_string(),
+                lsn: m.at?,
+            })
+        }),
+        need: slowest.and_then(|(m, _)| m.need).or(default_need),
         matches,
         unlisted,
-        slowest,
-        need,
         warnings,
+        lost,
+        standby: scope.standby,
+        own,
     }
 }
 
@@ -646,6 +876,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::list::parse;
+    use crate::observation::Origin;
     use crate::observation::Space;
     use crate::units::Bytes;
     use crate::wal::{SegmentId, SegmentSize};
@@ -678,6 +909,8 @@ mod tests {
             in_recovery: false,
             role: Some("walguard_role".into()),
             system_identifier: None,
+            cluster_name: None,
+            slots: None,
             server_version: None,
             control: None,
             walsenders,
@@ -697,6 +930,7 @@ mod tests {
             &Pressure::default(),
             &parse(list, "l").unwrap(),
             &policy,
+            &Scope::default(),
         )
     }
 
@@ -944,10 +1178,18 @@ mod tests {
                 &Pressure::default(),
                 &parse("app:r1", "l").unwrap(),
                 &Policy::default(),
+                &Scope::default(),
             );
             assert!(v.archive, "{name}");
         }
-        let v = decide(&seg3(), None, &Pressure::default(), &[], &Policy::default());
+        let v = decide(
+            &seg3(),
+            None,
+            &Pressure::default(),
+            &[],
+            &Policy::default(),
+            &Scope::default(),
+        );
         assert!(!v.archive);
     }
 
@@ -973,6 +1215,7 @@ mod tests {
             &Pressure::default(),
             &[],
             &Policy::default(),
+            &Scope::default(),
         );
         assert!(!v.archive);
         assert!(
@@ -1115,6 +1358,7 @@ mod tests {
                 &pressure,
                 &parse("app:r1\napp:r2", "l").unwrap(),
                 &policy,
+                &Scope::default(),
             );
             assert_eq!(v.archive, archive, "{name}");
             assert_eq!(v.valve.as_ref().map(|t| t.valve), tripped, "{name}");
@@ -1139,6 +1383,7 @@ mod tests {
             &pressure,
             &parse("app:r1\napp:r2", "l").unwrap(),
             &Policy::default(),
+            &Scope::default(),
         );
         assert!(v.archive && v.valve.is_none());
     }
@@ -1214,6 +1459,257 @@ mod tests {
         assert!(v.culprits(3).contains("standby"), "never an empty culprit");
     }
 
+    fn decide_in(list: &str, o: &Observation, scope: &Scope) -> Verdict {
+        decide(
+            &seg3(),
+            Some(o),
+            &Pressure::default(),
+            &parse(list, "l").unwrap(),
+            &Policy::default(),
+            scope,
+        )
+    }
+
+    /// Scope with `own` the line at `i`.
+    fn own(i: usize) -> Scope {
+        Scope {
+            own: Some((i, "self = test".into())),
+            ..Scope::default()
+        }
+    }
+
+    const END: u64 = 0x400_0000;
+
+    #[test]
+    fn one_list_for_every_node() {
+        // Three nodes, n1 the primary: its own line is skipped, not "not connected".
+        let list = "app:n1\napp:n2\napp:n3\napp:c1 upstream=app:n2\n";
+        let o = obs(vec![
+            ws(1, "n2", None, Some(END)),
+            ws(2, "n3", None, Some(END)),
+        ]);
+        let v = decide_in(list, &o, &own(0));
+        assert!(v.archive, "{:?}", v.reasons);
+        assert_eq!(v.own, Some(("app:n1".into(), "self = test".into())));
+        assert_eq!(
+            v.replicas_connected(),
+            (2, 2),
+            "n2 and n3 count; n1 and c1 do not"
+        );
+        assert!(matches!(&v.matches[3].checked, Checked::Elsewhere(why) if why.contains("app:n2")));
+        // Without knowing which line it is, the primary holds for itself: the reason to
+        // set self.
+        let v = decide_in(list, &o, &Scope::default());
+        assert!(!v.archive);
+        assert!(
+            v.reasons
+                .iter()
+                .any(|r| r.to_string() == "replica app:n1 not connected")
+        );
+        // The cascade's line, checked on n2 (a standby): its own walsender, c1.
+        let mut standby = obs(vec![ws(5, "c1", None, Some(END - 1))]);
+        standby.in_recovery = true;
+        let on_n2 = Scope {
+            standby: true,
+            archived: Some(Ok(true)),
+            ..own(1)
+        };
+        let v = decide_in(list, &standby, &on_n2);
+        assert!(!v.archive);
+        assert_eq!(v.blame, vec!["app:c1"]);
+        assert_eq!(v.replicas_connected(), (1, 1), "only c1 is checked on n2");
+        standby.walsenders[0].replay = Some(Lsn(END));
+        assert!(decide_in(list, &standby, &on_n2).archive);
+        // A standby acknowledges nothing the archive does not hold.
+        let v = decide_in(
+            list,
+            &standby,
+            &Scope {
+                archived: Some(Ok(false)),
+                ..on_n2.clone()
+            },
+        );
+        assert!(!v.archive && v.blame.is_empty(), "{:?}", v.reasons);
+        assert!(
+            v.reasons[0]
+                .to_string()
+                .contains("only once the primary has archived it")
+        );
+        let v = decide_in(
+            list,
+            &standby,
+            &Scope {
+                archived: Some(Err("archive_check_via is not set".into())),
+                ..on_n2.clone()
+            },
+        );
+        assert!(
+            !v.archive
+                && v.reasons[0]
+                    .to_string()
+                    .contains("archive_check_via is not set")
+        );
+        // An unlisted walsender on the standby still holds.
+        let mut extra = standby.clone();
+        extra
+            .walsenders
+            .push(ws(6, "stranger", Some("10.0.0.9"), Some(END)));
+        let v = decide_in(list, &extra, &on_n2);
+        assert!(
+            v.blame.contains(&"unlisted:6".to_string()),
+            "{:?}",
+            v.reasons
+        );
+        // History files on a standby: only once archived; on a primary: at once.
+        let history: WalFile = "00000002.history".parse().unwrap();
+        let held = decide(
+            &history,
+            None,
+            &Pressure::default(),
+            &[],
+            &Policy::default(),
+            &Scope {
+                standby: true,
+                archived: Some(Ok(false)),
+                ..Scope::default()
+            },
+        );
+        assert!(!held.archive);
+        let at_once = decide(
+            &history,
+            None,
+            &Pressure::default(),
+            &[],
+            &Policy::default(),
+            &Scope::default(),
+        );
+        assert!(at_once.archive);
+    }
+
+    #[test]
+    fn a_cascade_pointed_at_this_server_counts_here() {
+        // c1 says it streams from n2, but after a failover it streams from n1: n1 must
+        // keep WAL for it too.
+        let list = "app:n1\napp:n2\napp:c1 upstream=app:n2\n";
+        let o = obs(vec![
+            ws(1, "n2", None, Some(END)),
+            ws(2, "c1", None, Some(END - 10)),
+        ]);
+        let v = decide_in(list, &o, &own(0));
+        assert!(!v.archive);
+        assert_eq!(v.blame, vec!["app:c1"]);
+        assert!(v.unlisted.is_empty());
+    }
+
+    #[test]
+    fn which_line_is_this_server() {
+        let mut list = parse("app:n1\n10.0.0.2\nnode-c.internal\n", "l").unwrap();
+        let ten2: core::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            own_line(&list, Some("APP:n1"), None, &[]).0.map(|o| o.0),
+            Some(0)
+        );
+        let (none, warn) = own_line(&list, Some("app:n9"), None, &[]);
+        assert!(none.is_none() && warn.unwrap().contains("names no line"));
+        assert_eq!(
+            own_line(&list, None, Some("n1"), &[]).0.map(|o| o.0),
+            Some(0)
+        );
+        assert_eq!(
+            own_line(&list, None, Some("main"), &[ten2]).0.map(|o| o.0),
+            Some(1)
+        );
+        if let Selector::Host { lookup, .. } = &mut list[2].selector {
+            *lookup = Lookup::Found(vec![ten2]);
+        }
+        let (none, warn) = own_line(&list, None, None, &[ten2]);
+        assert!(
+            none.is_none() && warn.unwrap().contains("set self"),
+            "two lines name it"
+        );
+    }
+
+    fn slot(name: &str, restart: Option<u64>, status: &str) -> Slot {
+        Slot {
+            name: name.into(),
+            restart_lsn: restart.map(Lsn),
+            wal_status: Some(status.into()),
+            ..Slot::default()
+        }
+    }
+
+    #[test]
+    fn slots_speak_for_replicas_that_are_away() {
+        let list = "app:r1\napp:r2 slot=r2\n";
+        let mut o = obs(vec![ws(1, "r1", None, Some(END + 1))]);
+        // r2 is away; its slot says it flushed up to the segment's end: released.
+        o.slots = Some(vec![slot("r2", Some(END), "reserved")]);
+        let v = decide_in(list, &o, &Scope::default());
+        assert!(v.archive, "{:?}", v.reasons);
+        assert!(v.matches[1].from_slot);
+        // Short of it: held, naming the slot's position.
+        o.slots = Some(vec![slot("r2", Some(END - 1), "reserved")]);
+        let v = decide_in(list, &o, &Scope::default());
+        assert!(!v.archive);
+        assert!(
+            v.reasons[0]
+                .to_string()
+                .contains("has slot's restart only up to 0/3FFFFFF"),
+            "{}",
+            v.reasons[0]
+        );
+        // Lost: it holds nothing, and says it must be rebuilt.
+        o.slots = Some(vec![slot("r2", Some(0), "lost")]);
+        let v = decide_in(list, &o, &Scope::default());
+        assert!(v.archive, "{:?}", v.reasons);
+        assert_eq!(v.lost, vec!["app:r2"]);
+        assert!(v.warnings.iter().any(|w| w.contains("must be rebuilt")));
+        let invalidated = Slot {
+            invalidation_reason: Some("idle_timeout".into()),
+            ..slot("r2", Some(END), "reserved")
+        };
+        o.slots = Some(vec![invalidated]);
+        assert_eq!(decide_in(list, &o, &Scope::default()).lost, vec!["app:r2"]);
+        // No such slot: held, saying so; slots not readable: as if none were named.
+        o.slots = Some(vec![]);
+        let v = decide_in(list, &o, &Scope::default());
+        assert!(
+            v.reasons[0]
+                .to_string()
+                .contains("its slot r2 does not exist")
+        );
+        o.slots = None;
+        let v = decide_in(list, &o, &Scope::default());
+        assert_eq!(v.reasons[0].to_string(), "replica app:r2 not connected");
+        // Connected, its walsender decides, whatever its slot says.
+        o.slots = Some(vec![slot("r2", Some(END * 2), "reserved")]);
+        o.walsenders.push(ws(2, "r2", None, Some(END - 1)));
+        assert!(!decide_in(list, &o, &Scope::default()).archive);
+    }
+
+    #[test]
+    fn options_per_line_override_the_policy() {
+        // A delayed standby: flushed long ago, replays an hour late.
+        let mut late = ws(2, "late", None, Some(0x100_0000));
+        late.flush = Some(Lsn(END));
+        let o = obs(vec![ws(1, "r1", None, Some(END)), late]);
+        assert!(!decide_in("app:r1\napp:late", &o, &Scope::default()).archive);
+        assert!(decide_in("app:r1\napp:late position=flush", &o, &Scope::default()).archive);
+        // keep_segments for one line only.
+        let v = decide_in(
+            "app:r1 keep_segments=1\napp:late position=flush",
+            &o,
+            &Scope::default(),
+        );
+        assert!(!v.archive);
+        assert_eq!(v.blame, vec!["app:r1"]);
+        assert!(
+            v.reasons[0].to_string().ends_with("needs 0/5000000"),
+            "{}",
+            v.reasons[0]
+        );
+    }
+
     #[test]
     fn an_unresolvable_name_is_a_missing_replica_and_valves_still_apply() {
         let end = 0x400_0000;
@@ -1224,7 +1720,14 @@ mod tests {
         };
         let o = obs(vec![ws(1, "r1", None, Some(end))]);
         let p = Policy::default();
-        let v = decide(&seg3(), Some(&o), &Pressure::default(), &list, &p);
+        let v = decide(
+            &seg3(),
+            Some(&o),
+            &Pressure::default(),
+            &list,
+            &p,
+            &Scope::default(),
+        );
         assert!(!v.archive);
         assert_eq!(v.blame, vec!["gone.example".to_string()]);
         let text = v.reasons[0].to_string();
@@ -1239,7 +1742,7 @@ mod tests {
             }),
             ..Pressure::default()
         };
-        let v = decide(&seg3(), Some(&o), &full, &list, &p);
+        let v = decide(&seg3(), Some(&o), &full, &list, &p, &Scope::default());
         assert!(v.archive && v.valve.is_some());
     }
 
@@ -1319,6 +1822,20 @@ mod tests {
     }
 
     proptest! {
+        /// A replica that is away is never taken to be further along than its slot's
+        /// `restart_lsn`: a segment ending past it is held (unless the slot is lost).
+        #[test]
+        fn a_slot_never_runs_ahead_of_its_restart_lsn(restart in 0u64..(8 << 24), seg in 1u32..8, lost in any::<bool>()) {
+            let id = SegmentId { timeline: 1, log: 0, seg };
+            let end = id.end(SegmentSize::new(MIB16).unwrap()).unwrap().0;
+            let mut o = obs(vec![]);
+            o.slots = Some(vec![slot("r2", Some(restart), if lost { "lost" } else { "reserved" })]);
+            let v = decide(&WalFile::Segment(id), Some(&o), &Pressure::default(), &parse("app:r2 slot=r2", "l").unwrap(), &Policy::default(), &Scope::default());
+            prop_assert_eq!(v.archive, lost || restart >= end);
+        }
+    }
+
+    proptest! {
         /// The verdict is "archive" exactly when every listed replica has passed the end.
         #[test]
         fn archive_iff_slowest_past_end(
@@ -1334,7 +1851,7 @@ mod tests {
             let list: String = (0..positions.len()).map(|i| format!("app:r{i}\n")).collect();
             let o = Observation { segment_size: size, walsenders, ..obs(vec![]) };
             let policy = Policy { keep_segments: keep, ..Policy::default() };
-            let v = decide(&WalFile::Segment(id), Some(&o), &Pressure::default(), &parse(&list, "l").unwrap(), &policy);
+            let v = decide(&WalFile::Segment(id), Some(&o), &Pressure::default(), &parse(&list, "l").unwrap(), &policy, &Scope::default());
             let need = id.end(size).unwrap().0 + keep * size.bytes();
             prop_assert_eq!(v.archive, positions.iter().all(|p| *p >= need));
             prop_assert_eq!(v.need, Some(Lsn(need)));

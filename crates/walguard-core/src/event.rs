@@ -10,6 +10,9 @@ pub enum Event {
     Released,
     /// A safety valve archived a held segment.
     Valve,
+    /// A listed replica's slot is lost: it can no longer stream what it needs and must
+    /// be rebuilt (once, when first seen).
+    Lost,
 }
 
 impl Event {
@@ -18,6 +21,7 @@ impl Event {
             Event::Held => "held",
             Event::Released => "released",
             Event::Valve => "valve",
+            Event::Lost => "lost",
         }
     }
 }
@@ -43,6 +47,15 @@ pub fn of(verdict: &Verdict, previous: Option<Previous>) -> Option<Event> {
     } else {
         (!held_before).then_some(Event::Held)
     }
+}
+
+/// The lines lost now that were not lost at the previous decision (`before`): the ones
+/// the `lost` event is for.
+pub fn newly_lost(now: &[String], before: &[String]) -> Vec<String> {
+    now.iter()
+        .filter(|e| !before.contains(e))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -88,12 +101,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn lost_is_news_once() {
+        let now = vec!["app:r2".to_string(), "app:r3".to_string()];
+        assert_eq!(newly_lost(&now, &[]), now);
+        assert_eq!(newly_lost(&now, &["app:r2".into()]), vec!["app:r3"]);
+        assert!(newly_lost(&now, &now).is_empty());
+    }
+
     fn hold() -> Verdict {
         crate::decision::decide(
             &"000000010000000000000003".parse().unwrap(),
             None,
             &Default::default(),
             &[],
+            &Default::default(),
             &Default::default(),
         )
     }

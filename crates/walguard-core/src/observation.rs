@@ -2,6 +2,7 @@
 //! process titles or shared memory), and the local pressure the safety valves look at.
 
 use core::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::wal::{Lsn, SegmentSize};
@@ -81,6 +82,52 @@ impl Walsender {
     }
 }
 
+/// Which replica position must pass the segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    /// Replayed: the replica's data already contains the segment.
+    #[default]
+    Replay,
+    /// Flushed to the replica's disk: enough for it to stream on, not yet applied.
+    Flush,
+}
+
+impl Position {
+    /// The spellings settings accept.
+    pub const NAMES: [&'static str; 2] = ["replay", "flush"];
+
+    /// The position of `ws` that counts. Process titles only show the sent position, so
+    /// that is all a ps observation offers.
+    pub fn reported(self, origin: Origin, ws: &Walsender) -> Option<Lsn> {
+        match (origin, self) {
+            (Origin::Ps, _) => ws.sent,
+            (Origin::Sql | Origin::Shmem, Position::Replay) => ws.replay,
+            (Origin::Sql | Origin::Shmem, Position::Flush) => ws.flush,
+        }
+    }
+
+    /// The name of the position that counts, for messages.
+    pub fn name(self, origin: Origin) -> &'static str {
+        match (origin, self) {
+            (Origin::Ps, _) => "sent",
+            (Origin::Sql | Origin::Shmem, Position::Replay) => "replay",
+            (Origin::Sql | Origin::Shmem, Position::Flush) => "flush",
+        }
+    }
+}
+
+impl FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "replay" => Ok(Position::Replay),
+            "flush" => Ok(Position::Flush),
+            _ => Err(format!("{s:?} is not a position: replay or flush")),
+        }
+    }
+}
+
 /// Where an observation came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,6 +176,12 @@ pub struct Observation {
     pub role: Option<String>,
     /// The cluster's system identifier, as the server reports it.
     pub system_identifier: Option<u64>,
+    /// `cluster_name`, which names this server's own list line (`app:NAME`) when the
+    /// setting `self` does not.
+    pub cluster_name: Option<String>,
+    /// The physical replication slots, when asked for (a list line names one) and the
+    /// server could say.
+    pub slots: Option<Vec<Slot>>,
     /// `server_version_num` (150004 for 15.4).
     pub server_version: Option<u32>,
     /// The server's `global/pg_control` stamp (`pg_control_checkpoint()`,
@@ -138,6 +191,33 @@ pub struct Observation {
     pub walsenders: Vec<Walsender>,
     /// Unknown from ps.
     pub archiver: Option<Archiver>,
+}
+
+/// A physical replication slot, as `pg_replication_slots` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    /// The oldest WAL the slot's consumer may still need: for a physical slot, the flush
+    /// position its standby last confirmed.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (13+).
+    pub wal_status: Option<String>,
+    /// Why it was invalidated (17+).
+    pub invalidation_reason: Option<String>,
+    /// Since when it is unused (17+), as the server prints it.
+    pub inactive_since: Option<String>,
+    /// How much more WAL may be written before it is lost (13+, with
+    /// `max_slot_wal_keep_size`).
+    pub safe_wal_size: Option<i64>,
+}
+
+impl Slot {
+    /// The WAL its standby needs is gone: it can no longer stream, and must be rebuilt.
+    pub fn lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost") || self.invalidation_reason.is_some()
+    }
 }
 
 /// Space on a file system, from statvfs.

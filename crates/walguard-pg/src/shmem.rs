@@ -91,6 +91,10 @@ fn observe_unguarded() -> Result<Observation> {
         system_identifier: Some(unsafe { pg_sys::GetSystemIdentifier() }),
         server_version: setting(c"server_version_num").and_then(|v| v.parse().ok()),
         control: None,
+        cluster_name: setting(c"cluster_name").filter(|n| !n.is_empty()),
+        // Replication slots are not read here (a slot's wal_status is computed by the
+        // server's internals): lines with slot= hold as without one; see the README.
+        slots: None,
         walsenders,
         archiver: None,
     })
