@@ -193,9 +193,16 @@ pub fn in_archive(
 ) -> Result<bool, String> {
     match road {
         Road::Copy(dir) => {
+            // After a failover, the old timeline's last segment is archived by the
+            // promoted node as NAME.partial: what a standby kept of it past the switch
+            // is a dead branch, covered by it.
+            let zst = archive_copy::ZSTD_SUFFIX;
+            let name = file.name;
             let found = [
-                file.name.to_string(),
-                format!("{}{}", file.name, archive_copy::ZSTD_SUFFIX),
+                name.to_string(),
+                format!("{name}{zst}"),
+                format!("{name}.partial"),
+                format!("{name}.partial{zst}"),
             ]
             .into_iter()
             .find(|form| std::fs::symlink_metadata(dir.join(form)).is_ok());

@@ -530,6 +530,60 @@ impl Cluster {
         self.pg_ctl(node, "stop")
     }
 
+    /// Stops and starts `node` (settings that need a restart).
+    pub fn restart(&self, node: &Node) -> Result<()> {
+        self.pg_ctl(node, "restart")
+    }
+
+    /// Makes the stopped `node` a standby streaming from `upstream` (as itself: its
+    /// `application_name` is its name), following timeline switches. PostgreSQL 12+.
+    pub fn follow(&self, node: &Node, upstream: &Node) -> Result<()> {
+        append(
+            &node.data.join("postgresql.conf"),
+            &format!(
+                "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={}'\nrecovery_target_timeline = 'latest'\n",
+                upstream.port, node.name
+            ),
+        )?;
+        fs::write(node.data.join("standby.signal"), "")?;
+        self.chown(&node.data)
+    }
+
+    /// Waits until `names` stream from `node` with a reported replay position.
+    pub fn wait_streaming_from(&self, node: &Node, names: &[&str]) -> Result<()> {
+        let list = names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        wait_for(
+            &format!("{names:?} streaming from {}", node.name),
+            Duration::from_secs(60),
+            || {
+                let count = self.query_on(
+                    node,
+                    &format!(
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' \
+                         AND replay_lsn IS NOT NULL AND application_name IN ({list})"
+                    ),
+                )?;
+                Ok((count.as_deref() == Some(&names.len().to_string())).then_some(()))
+            },
+        )
+    }
+
+    /// Runs walguard as the server's user in `node`'s data directory (as its
+    /// archive_command runs), with this cluster's config.
+    pub fn walguard_in(&self, node: &Node, args: &[&str]) -> Output {
+        self.as_server_user(&self.walguard)
+            .current_dir(&node.data)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("running walguard")
+    }
+
     /// Stops `node` the way a crash would (`-m immediate`): nothing more is written.
     pub fn stop_immediately(&self, node: &Node) -> Result<()> {
         self.pg(
