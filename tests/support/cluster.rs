@@ -59,7 +59,7 @@ pub fn find_bindir() -> Option<PathBuf> {
 /// up), so that no outgoing connection (a replica's to its primary, in a test running
 /// beside) can take it before the server listens, as a port from bind(0) could; never the
 /// same one twice in a process; and free now.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     const FIRST: u32 = 20000;
     const COUNT: u32 = 12000;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
@@ -862,7 +862,7 @@ impl Drop for Cluster {
 }
 
 /// `id -u USER` or `id -g USER`.
-fn id_of(user: &str, flag: &str) -> Result<u32> {
+pub fn id_of(user: &str, flag: &str) -> Result<u32> {
     let out = Command::new("id").args([flag, user]).output()?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -879,7 +879,7 @@ fn append(path: &Path, text: &str) -> Result<()> {
 
 /// A new directory `/tmp/wgXXXXXX`, short enough for socket paths, world-traversable so
 /// the servers' user can reach it.
-fn make_base_dir() -> Result<PathBuf> {
+pub fn make_base_dir() -> Result<PathBuf> {
     let mut template = *b"/tmp/wgXXXXXX\0";
     // SAFETY: template is a writable NUL-terminated buffer ending in XXXXXX.
     let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
