@@ -31,7 +31,8 @@ fn start(extra: &str) -> Result<Cluster> {
     c.restart(r2)?;
     c.wait_streaming(2)?;
     wait_for("r2 on its slot", Duration::from_secs(30), || {
-        Ok((c.query("SELECT active FROM pg_replication_slots WHERE slot_name = 'r2'")?
+        Ok((c
+            .query("SELECT active FROM pg_replication_slots WHERE slot_name = 'r2'")?
             .as_deref()
             == Some("t"))
         .then_some(()))
@@ -56,15 +57,20 @@ fn a_slot_speaks_for_a_replica_that_is_away() -> Result<()> {
     let end = c
         .query(&format!(
             "SELECT pg_wal_lsn_diff('{}'::pg_lsn + 0, '0/0')",
-            c.query("SELECT pg_current_wal_lsn()")?.context("no position")?
+            c.query("SELECT pg_current_wal_lsn()")?
+                .context("no position")?
         ))?
         .context("no end")?;
-    wait_for("the slot to confirm what r2 flushed", Duration::from_secs(30), || {
-        let at = c.query(&format!(
+    wait_for(
+        "the slot to confirm what r2 flushed",
+        Duration::from_secs(30),
+        || {
+            let at = c.query(&format!(
             "SELECT pg_wal_lsn_diff(restart_lsn, '0/0') >= {end} FROM pg_replication_slots WHERE slot_name = 'r2'"
         ))?;
-        Ok((at.as_deref() == Some("t")).then_some(()))
-    })?;
+            Ok((at.as_deref() == Some("t")).then_some(()))
+        },
+    )?;
     c.stop(r2)?;
     let missed = c.switch_wal()?;
     // The ghost goes: r2 is away, but its slot says it has `received`: released;
@@ -88,7 +94,11 @@ fn a_slot_speaks_for_a_replica_that_is_away() -> Result<()> {
     let slot = &j["replicas"][1]["slot"];
     assert_eq!(slot["name"], "r2", "{j}");
     assert_eq!(slot["speaks_for_it"], true, "{j}");
-    assert_eq!(slot["restart_lsn"], restart_lsn(&c)?.unwrap_or_default().as_str(), "{j}");
+    assert_eq!(
+        slot["restart_lsn"],
+        restart_lsn(&c)?.unwrap_or_default().as_str(),
+        "{j}"
+    );
     // r2 returns and streams what it missed.
     c.start_node(r2)?;
     c.wait_streaming(2)?;
@@ -118,7 +128,8 @@ fn a_lost_slot_stops_holding_and_says_rebuild() -> Result<()> {
     }
     wait_for("the slot to be lost", Duration::from_secs(60), || {
         c.query("CHECKPOINT")?;
-        Ok((c.query("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'r2'")?
+        Ok((c
+            .query("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'r2'")?
             .as_deref()
             == Some("lost"))
         .then_some(()))
@@ -144,12 +155,13 @@ fn a_lost_slot_stops_holding_and_says_rebuild() -> Result<()> {
     let status = c.walguard(&["status"]);
     let out = output_text(&status);
     assert!(
-        out.contains("must be rebuilt") && out.contains("LOST"),
+        out.contains("must be rebuilt") && out.contains("LOST") && out.contains("slot r2 (app:r2): "),
         "{out}"
     );
     let prom = c.walguard(&["status", "--format", "prometheus"]);
     assert!(
-        String::from_utf8_lossy(&prom.stdout).contains("walguard_replica_slot_lost{replica=\"app:r2\"} 1"),
+        String::from_utf8_lossy(&prom.stdout)
+            .contains("walguard_replica_slot_lost{replica=\"app:r2\"} 1"),
         "{}",
         output_text(&prom)
     );
@@ -173,10 +185,20 @@ fn a_delayed_standby_listed_by_flush_does_not_hold_the_primary() -> Result<()> {
     })?;
     // By replay it would be held for the hour; by flush it goes.
     let by_replay = c.walguard(&["check", &seg]);
-    assert_eq!(by_replay.status.code(), Some(1), "{}", output_text(&by_replay));
+    assert_eq!(
+        by_replay.status.code(),
+        Some(1),
+        "{}",
+        output_text(&by_replay)
+    );
     c.write_list("app:r1\napp:r2 position=flush\n")?;
     let by_flush = c.walguard(&["check", &seg]);
-    assert_eq!(by_flush.status.code(), Some(0), "{}", output_text(&by_flush));
+    assert_eq!(
+        by_flush.status.code(),
+        Some(0),
+        "{}",
+        output_text(&by_flush)
+    );
     c.switch_wal()?;
     c.wait_log_line(&format!("wal={seg} decision="))?;
     wait_for("the segment to be acknowledged", ARCHIVE_WAIT, || {

@@ -129,6 +129,35 @@ fn scenario(major: u32) -> Result<()> {
         );
     }
 
+    // A slot speaks for a replica that is away: one reserved now (its restart_lsn past
+    // the held segments) releases them; the slot columns of every version are read
+    // (wal_status from 13, none before).
+    // (A new physical slot reserves from the last checkpoint's redo position.)
+    c.query("CHECKPOINT")?;
+    c.query("SELECT pg_create_physical_replication_slot('away', true)")?;
+    let slotted = c.base.join("slotted.list");
+    fs::write(&slotted, "app:r1\napp:r2 slot=away\n")?;
+    let by_slot = c.walguard(&[
+        "--replicas",
+        slotted.to_str().unwrap_or_default(),
+        "check",
+        &held[0],
+    ]);
+    assert_eq!(by_slot.status.code(), Some(0), "{}", output_text(&by_slot));
+    let j = json(&status(&[
+        "--replicas",
+        slotted.to_str().unwrap_or_default(),
+        "--json",
+    ]));
+    let slot = &j["replicas"][1]["slot"];
+    assert_eq!(slot["speaks_for_it"], true, "{j}");
+    assert_eq!(
+        slot["wal_status"].is_string(),
+        c.major >= 13,
+        "wal_status exists from 13: {j}"
+    );
+    c.query("SELECT pg_drop_replication_slot('away')")?;
+
     // r2 comes back with no restore_command and streams what it missed.
     c.start_node(r2)?;
     c.wait_streaming(2)?;

@@ -61,11 +61,9 @@ fn explain(
         );
     }
     out.push('\n');
-    out.push_str(&replica_table(
-        &replica_views(verdict, obs, &settings.policy, None),
-        false,
-        LISTED,
-    ));
+    let views = replica_views(verdict, obs, &settings.policy, None);
+    out.push_str(&replica_table(&views, false, LISTED));
+    out.push_str(&super::views::slot_lines(&views));
     for w in &verdict.warnings {
         let _ = writeln!(out, "warning: {w}");
     }

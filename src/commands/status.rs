@@ -538,6 +538,7 @@ fn render(v: &StatusView) -> String {
         v.current_lsn.as_deref().unwrap_or("?")
     );
     out.push_str(&replica_table(&v.replicas, true, LISTED));
+    out.push_str(&super::views::slot_lines(&v.replicas));
     let _ = writeln!(
         out,
         "\nwaiting in pg_wal/archive_status: {} ({}, {}), oldest {}",

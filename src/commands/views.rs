@@ -213,6 +213,53 @@ pub fn replica_table(views: &[ReplicaView], with_lag: bool, max: usize) -> Strin
     out
 }
 
+/// One line per list line with a slot: what the server says of the slot. Before
+/// PostgreSQL 13 there is no `wal_status`: a lost slot cannot be told there.
+pub fn slot_lines(views: &[ReplicaView]) -> String {
+    let mut out = String::new();
+    for (entry, slot) in views
+        .iter()
+        .filter_map(|v| Some((v.entry.as_deref()?, v.slot.as_ref()?)))
+    {
+        if !slot.exists {
+            out.push_str(&format!(
+                "slot {} ({entry}): does not exist on this server\n",
+                slot.name
+            ));
+            continue;
+        }
+        let mut parts = vec![format!(
+            "restart_lsn {}",
+            slot.restart_lsn.as_deref().unwrap_or("-")
+        )];
+        parts.push(match (&slot.wal_status, &slot.invalidation_reason) {
+            (_, Some(why)) => format!("invalidated ({why}): {entry} must be rebuilt"),
+            (Some(s), None) if s == "lost" => format!("wal_status lost: {entry} must be rebuilt"),
+            (Some(s), None) => format!("wal_status {s}"),
+            (None, None) => {
+                "wal_status unknown (PostgreSQL 12 or older: a lost slot cannot be told)".into()
+            }
+        });
+        if let Some(safe) = slot.safe_wal_size {
+            parts.push(format!(
+                "{} more may be written before it is lost",
+                human_bytes(safe.max(0) as u64)
+            ));
+        }
+        parts.push(match (&slot.active_pid, &slot.inactive_since) {
+            (Some(pid), _) => format!("in use by pid {pid}"),
+            (None, Some(since)) => format!("unused since {since}"),
+            (None, None) => "unused".into(),
+        });
+        out.push_str(&format!(
+            "slot {} ({entry}): {}\n",
+            slot.name,
+            parts.join(", ")
+        ));
+    }
+    out
+}
+
 /// The replicas as Prometheus gauges, labelled by list entry (`unlisted:PID` otherwise).
 pub fn metric_replicas(views: &[ReplicaView]) -> Vec<crate::metrics::ReplicaMetric> {
     views
