@@ -1,7 +1,8 @@
 //! `cargo run --example demo`: a throwaway primary with two streaming replicas, walguard
 //! as its archive_command, and a narrated outage: one replica stops, walguard holds the
-//! segments it needs, the replica comes back and catches up by streaming, and the archive
-//! ends complete with no gap. Everything it started is stopped and removed at the end,
+//! segments it needs (archiving them ahead, so the archive stays current, but withholding
+//! PostgreSQL's acknowledgement), the replica comes back and catches up by streaming, and
+//! the archive ends complete with no gap. Everything it started is stopped and removed at the end,
 //! also on failure or Ctrl-C.
 //!
 //! This program is also walguard itself: the cluster runs a copy of it named `walguard`
@@ -98,13 +99,18 @@ fn demo(exe: &std::path::Path) -> Result<()> {
     show("watchdog.log (last lines)", &log_tail(&c, 2));
     walguard_shown(&c, &["check", &held[0]]);
     walguard_shown(&c, &["status"]);
+    // Each retry puts what it can into the archive ahead; the next one the rest.
+    cluster::wait_for("the held segments in the archive", ARCHIVE_WAIT, || {
+        let archived = c.archived()?;
+        Ok(held.iter().all(|h| archived.contains(h)).then_some(()))
+    })?;
     c.query("CHECKPOINT")?;
     show(
         "after a CHECKPOINT, still waiting in pg_wal/archive_status (.ready)",
         &c.ready()?.join("\n"),
     );
     show(
-        "archive (nothing past r2's position)",
+        "archive: the held segments are in it already (archived ahead); PostgreSQL keeps them until r2 has them",
         &c.archived()?.join("\n"),
     );
 

@@ -105,6 +105,34 @@ fn one_config_on_every_node_through_a_switchover() -> Result<()> {
         "{text}"
     );
 
+    // A standby with archive_via looks through archive_check_via (exit 0: the archive
+    // holds it); without one it acknowledges nothing.
+    let present = format!("test -f {}/%f", c.archive.display());
+    for (check_via, code, says) in [
+        (Some(present.as_str()), 0, "decision=exists"),
+        (Some("false %f"), 1, "is not in the archive yet"),
+        (None, 1, "archive_check_via is not set"),
+    ] {
+        let mut args = vec!["--archive-via", "false %p"];
+        if let Some(v) = check_via {
+            args.extend(["--archive-check-via", v]);
+        }
+        let wal_path = format!("pg_wal/{last}");
+        args.extend(["archive", &wal_path, &last]);
+        let out = c.walguard_in(r1, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{check_via:?}: {}",
+            output_text(&out)
+        );
+        let line = c.last_log_line();
+        assert!(
+            line.contains(says) && line.contains("role=standby"),
+            "{line}"
+        );
+    }
+
     // r2 stops: the primary holds (and, archive_ahead off, archives nothing held); r1
     // keeps what is not archived, as .ready.
     let (held, _) = c.hold_by_stopping("r2", 2)?;

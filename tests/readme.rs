@@ -1,6 +1,8 @@
 //! Every command and file in the README's setup section is accepted by the real binary:
 //! the config by the real config loader, the list by the real list parser, and each
-//! `walguard ...` line and the archive_command by the real command-line parser.
+//! `walguard ...` line and the archive_command by the real command-line parser. The same
+//! for the HA setup in docs/setup.md, the list format in docs/reference.md, and the help
+//! there.
 
 use std::process::Command;
 
@@ -9,15 +11,17 @@ use walguard::cli::Cli;
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 
-fn setup_section() -> String {
-    let readme = include_str!("../README.md");
-    let start = readme
-        .find("## Set up a real primary")
-        .expect("setup section");
-    let end = readme[start + 1..]
+/// The section of `text` under `heading`, up to the next heading of its level.
+fn section(text: &str, heading: &str) -> String {
+    let start = text.find(heading).expect(heading);
+    let end = text[start + 1..]
         .find("\n## ")
-        .map_or(readme.len(), |i| start + 1 + i);
-    readme[start..end].to_string()
+        .map_or(text.len(), |i| start + 1 + i);
+    text[start..end].to_string()
+}
+
+fn setup_section() -> String {
+    section(include_str!("../README.md"), "## Set up a real primary")
 }
 
 /// The fenced blocks of `text`, with their info strings.
@@ -120,8 +124,63 @@ fn slaves_list_example_parses() {
 }
 
 #[test]
-fn help_in_the_readme_is_the_binarys() {
-    let readme = include_str!("../README.md");
+fn the_ha_setup_and_the_list_format_are_accepted() {
+    let setup = section(
+        include_str!("../docs/setup.md"),
+        "## Every node of an HA cluster",
+    );
+    let ha = blocks(&setup);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, toml) = ha
+        .iter()
+        .find(|(info, _)| info == "toml")
+        .expect("a toml block");
+    let config = dir.path().join("walguard.toml");
+    std::fs::write(&config, toml).unwrap();
+    let out = Command::new(WALGUARD)
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "00000002.history"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = &ha
+        .iter()
+        .find(|(_, body)| body.starts_with("# /etc/walguard/slaves.list"))
+        .expect("the HA list")
+        .1;
+    let entries = walguard_core::list::parse(list, "docs/setup.md").unwrap();
+    assert_eq!(entries[3].options.upstream.as_deref(), Some("app:db2"));
+    let (_, yaml) = ha
+        .iter()
+        .find(|(info, _)| info == "yaml")
+        .expect("Patroni's");
+    let cmd = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("archive_command: '"))
+        .expect("archive_command")
+        .trim_end_matches('\'')
+        .replace("%p", "pg_wal/000000010000000000000003")
+        .replace("%f", "000000010000000000000003");
+    Cli::try_parse_from(words(&cmd)).unwrap();
+    let reference = section(include_str!("../docs/reference.md"), "## The replicas list");
+    let (_, example) = &blocks(&reference)[0];
+    assert_eq!(
+        walguard_core::list::parse(example, "docs/reference.md")
+            .unwrap()
+            .len(),
+        7
+    );
+}
+
+#[test]
+fn help_in_the_reference_is_the_binarys() {
+    let readme = include_str!("../docs/reference.md");
     let start =
         readme.find("## Commands\n\n```\n").expect("commands block") + "## Commands\n\n```\n".len();
     let end = start + readme[start..].find("```").unwrap();
@@ -136,6 +195,6 @@ fn help_in_the_readme_is_the_binarys() {
     assert_eq!(
         ours.join("\n").trim(),
         theirs.join("\n").trim(),
-        "README's help is stale: paste `walguard --help` again"
+        "docs/reference.md's help is stale: paste `walguard --help` again"
     );
 }

@@ -155,7 +155,9 @@ fn a_lost_slot_stops_holding_and_says_rebuild() -> Result<()> {
     let status = c.walguard(&["status"]);
     let out = output_text(&status);
     assert!(
-        out.contains("must be rebuilt") && out.contains("LOST") && out.contains("slot r2 (app:r2): "),
+        out.contains("must be rebuilt")
+            && out.contains("LOST")
+            && out.contains("slot r2 (app:r2): "),
         "{out}"
     );
     let prom = c.walguard(&["status", "--format", "prometheus"]);

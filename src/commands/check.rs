@@ -50,9 +50,6 @@ fn explain(
         Some((entry, why)) => {
             let _ = writeln!(out, "this server is {entry} ({why}): its line is skipped");
         }
-        None if !verdict.matches.is_empty() => {
-            out.push_str("this server is none of the list's lines (set self to name it)\n");
-        }
         None => {}
     }
     if verdict.standby {
@@ -82,6 +79,10 @@ fn explain(
             "  left behind (will need the archive or a new base backup):"
         );
         list_reasons(&mut out, verdict);
+    } else if verdict.archive && verdict.standby {
+        out.push_str(
+            "verdict: ACKNOWLEDGE: the archive holds it, and every line checked here is past it\n",
+        );
     } else if verdict.archive {
         out.push_str("verdict: ARCHIVE: every listed replica is past this segment\n");
     } else {

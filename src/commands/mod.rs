@@ -200,7 +200,13 @@ pub fn archive_in_server(
     sysid: u64,
     read: &dyn Fn() -> Result<walguard_core::observation::Observation>,
 ) -> Exit {
-    let settings = match settings::load(Some(config), Layer::default()) {
+    // Only the config file, but for WALGUARD_SELF: the one setting that differs per node,
+    // passed in the server's environment (Patroni passes its own to PostgreSQL).
+    let layer = Layer {
+        self_: std::env::var("WALGUARD_SELF").ok(),
+        ..Layer::default()
+    };
+    let settings = match settings::load(Some(config), layer) {
         Ok(s) => s,
         Err(e) => {
             say(&format!("walguard: error: {e}; {wal_name} stays in pg_wal"));
