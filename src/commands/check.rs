@@ -46,11 +46,8 @@ fn explain(
             settings.policy.keep_segments
         );
     }
-    match &verdict.own {
-        Some((entry, why)) => {
-            let _ = writeln!(out, "this server is {entry} ({why}): its line is skipped");
-        }
-        None => {}
+    if let Some((entry, why)) = &verdict.own {
+        let _ = writeln!(out, "this server is {entry} ({why}): its line is skipped");
     }
     if verdict.standby {
         out.push_str(
