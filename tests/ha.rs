@@ -119,14 +119,30 @@ fn one_config_on_every_node_through_a_switchover() -> Result<()> {
         }
         let wal_path = format!("pg_wal/{last}");
         args.extend(["archive", &wal_path, &last]);
-        let out = c.walguard_in(r1, &args);
+        // This run's own line (the archivers log beside it): by its pid.
+        let child = c
+            .as_server_user(&c.walguard)
+            .current_dir(&r1.data)
+            .arg("--config")
+            .arg(&c.config)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let out = child.wait_with_output()?;
         assert_eq!(
             out.status.code(),
             Some(code),
             "{check_via:?}: {}",
             output_text(&out)
         );
-        let line = c.last_log_line();
+        let line = c
+            .log_text()
+            .lines()
+            .find(|l| l.contains(&format!(" pid={pid} ")))
+            .unwrap_or_default()
+            .to_string();
         assert!(
             line.contains(says) && line.contains("role=standby"),
             "{line}"

@@ -178,7 +178,14 @@ fn pgbackrest_behind_the_gate() -> Result<()> {
         &held,
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
-    let line = c.last_log_line();
+    // (The archiver may log a line of its own meanwhile: look for this run's.)
+    let line = c
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!("wal={held} decision=error")))
+        .unwrap_or_default()
+        .to_string();
     // pgBackRest's last stderr line (an ERROR or its HINT) follows its exit status.
     assert!(
         line.contains("decision=error")
