@@ -185,8 +185,13 @@ fn largest_file(dir: &Path) -> Option<u64> {
 /// from the real segment `real`'s first MiB.
 fn synthetic_segment(real: &[u8], segno: u64) -> Vec<u8> {
     let mut b = real[..1 << 20].to_vec();
-    b[8..16].copy_from_slice(&(segno << 20).to_ne_bytes());
     b[32..36].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+    // Every page's address, as verify checks every page header (an empty one stays).
+    for page in (0..b.len()).step_by(8192) {
+        if b[page..page + 24].iter().any(|&x| x != 0) {
+            b[page + 8..page + 16].copy_from_slice(&((segno << 20) + page as u64).to_ne_bytes());
+        }
+    }
     b
 }
 
@@ -923,6 +928,92 @@ fn main() -> Result<()> {
         let _ = writeln!(report, "| {what} | {:.1} MiB |", kib as f64 / 1024.0);
     }
 
+    // 5a. A held retry with 1, 100 and 1000 files waiting, all archived ahead already: what
+    // archive_ahead adds to a retry (a lookup per file), against the same hold without it.
+    // Synthetic: sparse 16 MiB segments and empty archived names, a list that holds.
+    let mut held_stats = Vec::new();
+    for waiting in [1usize, 100, 1000] {
+        let dir = c.scratch_dir(&format!("held-{waiting}"))?;
+        fs::create_dir_all(dir.join("pg_wal/archive_status"))?;
+        fs::create_dir_all(dir.join("archive"))?;
+        let names: Vec<String> = (0..waiting)
+            .map(|i| format!("00000001000000A0{:08X}", i))
+            .collect();
+        for name in &names {
+            fs::File::create(dir.join("pg_wal").join(name))?.set_len(16 << 20)?;
+            fs::File::create(
+                dir.join("pg_wal/archive_status")
+                    .join(format!("{name}.ready")),
+            )?;
+            fs::File::create(dir.join("archive").join(name))?;
+        }
+        fs::write(dir.join("held.list"), "app:r1\napp:away\n")?;
+        c.chown(&dir)?;
+        let first = names[0].clone();
+        let retry = |ahead: &'static str| {
+            let (dir, first, config) = (dir.clone(), first.clone(), config.clone());
+            move |_: &Path| -> Result<Duration> {
+                let started = Instant::now();
+                let out = walguard()
+                    .current_dir(&dir)
+                    .args([
+                        "--config",
+                        &config,
+                        "--replicas",
+                        "held.list",
+                        "--archive-dir",
+                        "archive",
+                    ])
+                    .args(["--archive-ahead", ahead, "archive"])
+                    .arg(format!("pg_wal/{first}"))
+                    .arg(&first)
+                    .output()?;
+                let took = started.elapsed();
+                ensure!(
+                    out.status.code() == Some(1),
+                    "not held: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(took)
+            }
+        };
+        let labels = [
+            format!("held retry, archive_ahead = false, {waiting} waiting"),
+            format!("held retry, archive_ahead, {waiting} waiting (archived)"),
+        ];
+        let methods: Vec<Method> = vec![
+            (labels[0].as_str(), Box::new(retry("false"))),
+            (labels[1].as_str(), Box::new(retry("true"))),
+        ];
+        eprintln!("bench: a held retry with {waiting} waiting");
+        held_stats.extend(interleave(&c, rounds, &scratch, &methods)?);
+        fs::remove_dir_all(&dir)?;
+    }
+    let _ = writeln!(
+        report,
+        "\n### A held retry, with archive_ahead, when the waiting files are archived already\n"
+    );
+    let _ = writeln!(
+        report,
+        "| waiting | archive_ahead = false (ms) | archive_ahead (ms) | what ahead adds (ms) |"
+    );
+    let _ = writeln!(report, "|---:|---:|---:|---:|");
+    for pair in held_stats.chunks(2) {
+        let waiting = pair[0]
+            .name
+            .rsplit(", ")
+            .next()
+            .unwrap_or("")
+            .replace(" waiting", "");
+        let _ = writeln!(
+            report,
+            "| {waiting} | {:.1} | {:.1} | {:.2} |",
+            pair[0].median(),
+            pair[1].median(),
+            pair[1].median() - pair[0].median()
+        );
+    }
+
     // 5. A backlog of segments, as after a replica returns: throughput, walguard vs cp+sync.
     let backlog = if quick { 20 } else { 500 };
     // The server's archiving is off meanwhile: the backlog stays .ready, so no checkpoint
@@ -972,6 +1063,29 @@ fn main() -> Result<()> {
                     .args(["archive", &format!("pg_wal/{name}"), name]),
             )
         })?);
+        // With archive_ahead the held segments are in the archive already: the release
+        // finds each (compares it, fsyncs it) instead of copying it. The copies ahead are
+        // made untimed first, as the hold made them.
+        let ahead_dest = c.scratch_dir("drain-ahead")?;
+        for name in &names {
+            fs::copy(data.join("pg_wal").join(name), ahead_dest.join(name))?;
+        }
+        c.chown(&ahead_dest)?;
+        let start = Instant::now();
+        for name in &names {
+            run(
+                &data,
+                walguard()
+                    .args(["--config", &config, "--archive-dir"])
+                    .arg(&ahead_dest)
+                    .args(["archive", &format!("pg_wal/{name}"), name]),
+            )?;
+        }
+        backlog_stats.push(Stats {
+            name: "walguard archive, archived ahead (release finds each)".into(),
+            samples: vec![backlog as f64 / start.elapsed().as_secs_f64()],
+        });
+        fs::remove_dir_all(&ahead_dest)?;
     }
     let _ = writeln!(
         report,
@@ -979,7 +1093,11 @@ fn main() -> Result<()> {
     );
     let _ = writeln!(report, "| method | segments per second (each pass) |");
     let _ = writeln!(report, "|---|---:|");
-    for label in ["cp + sync", "walguard archive"] {
+    for label in [
+        "cp + sync",
+        "walguard archive",
+        "walguard archive, archived ahead (release finds each)",
+    ] {
         let rates: Vec<String> = backlog_stats
             .iter()
             .filter(|s| s.name == label)
@@ -1109,6 +1227,7 @@ fn main() -> Result<()> {
         .chain(&restore)
         .chain(&decide)
         .chain(&scale)
+        .chain(&held_stats)
         .chain(&backlog_stats)
         .chain(&verified)
         .chain(bursts.iter().flat_map(|(_, s)| s))
