@@ -93,36 +93,43 @@ pub fn restore(
         path: path.clone(),
         cause: e.to_string(),
     };
-    let compressed = form.ends_with(ZSTD_SUFFIX);
-    let mut content = reader(file, &form).map_err(damaged)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let first = read_full(&mut content, &mut buf).map_err(damaged)?;
-    let size = match check {
-        Some(check) => Some(check_head(&buf[..first], check, &path)?),
-        None => None,
-    };
-    tmp.file()
-        .write_all(&buf[..first])
-        .map_err(io_err("cannot write", &tmp_path))?;
-    let mut bytes = first as u64;
-    if first == buf.len() {
-        bytes += if compressed {
-            let mut total = 0u64;
-            loop {
-                let n = read_full(&mut content, &mut buf).map_err(damaged)?;
-                if n == 0 {
-                    break total;
-                }
-                tmp.file()
-                    .write_all(&buf[..n])
-                    .map_err(io_err("cannot write", &tmp_path))?;
-                total += n as u64;
+    let (size, bytes) = if form.ends_with(ZSTD_SUFFIX) {
+        // Decompressed through a buffer: the header is checked in the first block.
+        let mut content = reader(file, &form).map_err(damaged)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = None;
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut content, &mut buf).map_err(damaged)?;
+            if total == 0
+                && let Some(check) = check
+            {
+                size = Some(check_head(&buf[..n], check, &path)?);
             }
-        } else {
-            // The rest of a plain file in the kernel (copy_file_range).
-            io::copy(&mut content, tmp.file()).map_err(io_err("cannot copy into", &tmp_path))?
+            if n == 0 {
+                break (size, total);
+            }
+            tmp.file()
+                .write_all(&buf[..n])
+                .map_err(io_err("cannot write", &tmp_path))?;
+            total += n as u64;
+        }
+    } else {
+        // A plain file: the header read in place, the whole file copied in the kernel
+        // (copy_file_range), never through a buffer of ours.
+        let size = match check {
+            Some(check) => {
+                let mut head = [0u8; LONG_HEADER_LEN];
+                let n = read_head(&file, &mut head).map_err(damaged)?;
+                Some(check_head(&head[..n], check, &path)?)
+            }
+            None => None,
         };
-    }
+        let mut file = file;
+        let bytes =
+            io::copy(&mut file, tmp.file()).map_err(io_err("cannot copy into", &tmp_path))?;
+        (size, bytes)
+    };
     if let Some(size) = size
         && bytes != size.bytes()
     {
@@ -137,6 +144,21 @@ pub fn restore(
     tmp.rename(&dir, &dest_name)
         .map_err(io_err("cannot rename into place", dest))?;
     Ok(Restored::Written { bytes, from: form })
+}
+
+/// The first bytes of `file` (at most `buf`'s length), read in place.
+fn read_head(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// The segment's header, checked as `archive` checks it; its segment size comes from the
