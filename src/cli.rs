@@ -22,7 +22,13 @@ crates/walguard-pg builds it):
 /// WAL-aware archive_command: archive a WAL segment only once every listed replica has
 /// replayed past it, so a replica that was down can catch up by streaming.
 #[derive(Debug, Parser)]
-#[command(name = "walguard", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(
+    name = "walguard",
+    version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WALGUARD_BUILD_INFO"), ")"),
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Config file (TOML) with the settings below; flags and WALGUARD_* variables override it
     #[arg(long, global = true, env = "WALGUARD_CONFIG", value_name = "FILE")]
