@@ -147,6 +147,10 @@ pub struct Options {
     /// walguard's archive module (the built `libwalguard_pg.so`): the primary loads it
     /// as `archive_library` instead of running walguard as its archive_command.
     pub archive_library: Option<PathBuf>,
+    /// walguard as its package installs it: the binary run where it is (not copied into
+    /// the cluster's directory), and `archive_library` named as given, for the server to
+    /// find in its own pkglibdir.
+    pub installed: bool,
 }
 
 impl Default for Options {
@@ -157,6 +161,7 @@ impl Default for Options {
             extra_config: String::new(),
             bindir: None,
             archive_library: None,
+            installed: false,
         }
     }
 }
@@ -216,9 +221,15 @@ impl Cluster {
             Some(user) => Some((id_of(user, "-u")?, id_of(user, "-g")?)),
             None => None,
         };
-        let walguard = base.join("walguard");
-        fs::copy(walguard_exe, &walguard).context("copying walguard into the cluster directory")?;
-        fs::set_permissions(&walguard, fs::Permissions::from_mode(0o755))?;
+        let walguard = if opts.installed {
+            walguard_exe.to_path_buf()
+        } else {
+            // Where the server's user can run it (the build's target/ may be private).
+            let copy = base.join("walguard");
+            fs::copy(walguard_exe, &copy).context("copying walguard into the cluster directory")?;
+            fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+            copy
+        };
         let mut cluster = Cluster {
             config: base.join("walguard.toml"),
             list: base.join("slaves.list"),
@@ -257,9 +268,14 @@ impl Cluster {
         let mut conf = cluster.server_conf(cluster.primary.port);
         match &opts.archive_library {
             Some(module) => {
-                let library = cluster.base.join("walguard.so");
-                fs::copy(module, &library).context("copying the archive module")?;
-                fs::set_permissions(&library, fs::Permissions::from_mode(0o755))?;
+                let library = if opts.installed {
+                    module.clone()
+                } else {
+                    let copy = cluster.base.join("walguard.so");
+                    fs::copy(module, &copy).context("copying the archive module")?;
+                    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+                    copy
+                };
                 let _ = write!(
                     conf,
                     "archive_mode = on\narchive_library = '{}'\nwalguard.config = '{}'\n",
