@@ -58,7 +58,9 @@ fn dashboard_queries() -> Result<Vec<String>> {
     let dashboard: serde_json::Value = serde_json::from_str(&text)?;
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().context("no panels")? {
-        let targets = panel["targets"].as_array().context("a panel without targets")?;
+        let targets = panel["targets"]
+            .as_array()
+            .context("a panel without targets")?;
         anyhow::ensure!(!targets.is_empty(), "{panel}");
         for target in targets {
             let expr = target["expr"].as_str().context("a target without expr")?;
@@ -117,7 +119,10 @@ fn the_kit_matches_a_real_exposition_and_pages_for_the_replica_away() -> Result<
     let rules = std::fs::read_to_string(kit("walguard-alerts.yml"))?;
     let shown = metric_names(&dashboard_queries()?.join("\n"));
     for name in metric_names(&rules).union(&shown) {
-        assert!(exported.contains(name), "{name} is not exported:\n{exposition}");
+        assert!(
+            exported.contains(name),
+            "{name} is not exported:\n{exposition}"
+        );
     }
     for name in &exported {
         assert!(shown.contains(name), "the dashboard does not show {name}");
@@ -155,7 +160,10 @@ fn the_kit_matches_a_real_exposition_and_pages_for_the_replica_away() -> Result<
         );
     }
     let dir = tempfile::tempdir()?;
-    std::fs::copy(kit("walguard-alerts.yml"), dir.path().join("walguard-alerts.yml"))?;
+    std::fs::copy(
+        kit("walguard-alerts.yml"),
+        dir.path().join("walguard-alerts.yml"),
+    )?;
     let test = format!(
         "rule_files:\n  - walguard-alerts.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n{expect}"
     );

@@ -70,7 +70,9 @@ fn the_packaged_command_holds_and_releases() -> Result<()> {
             ..Options::default()
         },
     )?;
-    let command = c.query("SHOW archive_command")?.context("no archive_command")?;
+    let command = c
+        .query("SHOW archive_command")?
+        .context("no archive_command")?;
     assert!(command.starts_with(&format!("{INSTALLED} ")), "{command}");
     holds_and_releases(&c, "sql")
 }

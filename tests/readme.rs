@@ -198,3 +198,20 @@ fn help_in_the_reference_is_the_binarys() {
         "docs/reference.md's help is stale: paste `walguard --help` again"
     );
 }
+
+/// The README's package install names the packages pkg/build-debs makes of this version:
+/// debian/changelog's version is Cargo's, and CI runs that very block (.ci/packages).
+#[test]
+fn the_package_install_names_this_versions_packages() {
+    let version = env!("CARGO_PKG_VERSION");
+    let changelog = include_str!("../debian/changelog");
+    assert!(
+        changelog.starts_with(&format!("walguard ({version}) ")),
+        "debian/changelog's first entry is not {version}"
+    );
+    let install = section(include_str!("../README.md"), "### Debian packages");
+    for package in ["walguard", "postgresql-15-walguard"] {
+        let deb = format!("./target/debian/{package}_{version}_amd64.deb");
+        assert!(install.contains(&deb), "the README does not install {deb}");
+    }
+}
