@@ -340,7 +340,15 @@ fn process_titles_decide_when_the_database_cannot_be_asked() -> Result<()> {
     // The backup's checkpoint may have recycled `seg`: decide about a newer segment.
     let newer = c.switch_wal()?;
     c.wait_caught_up(&["r1", "r2"])?;
-    let during = c.walguard(&[wrong[0], wrong[1], "--source", "ps", "check", &newer]);
+    // A walsender retitles itself after each send: the titles may trail what
+    // pg_stat_replication already shows for a moment.
+    let check = || c.walguard(&[wrong[0], wrong[1], "--source", "ps", "check", &newer]);
+    let mut during = check();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while during.status.code() != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        during = check();
+    }
     let _ = basebackup.kill();
     let _ = basebackup.wait();
     assert_eq!(during.status.code(), Some(0), "{}", output_text(&during));
