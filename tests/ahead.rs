@@ -157,7 +157,7 @@ fn scenario(extra_config: &str, loss: Loss) -> Result<()> {
     c.start_node(r2)?;
     c.wait_streaming(2)?;
     let after = c.switch_wal()?;
-    c.wait_log_line(&format!("wal={after} decision=archived"))?;
+    c.wait_released(&after)?;
     c.wait_caught_up(&["r1", "r2"])?;
     for name in &held {
         c.wait_log_line(&format!("wal={name} decision=exists"))?;

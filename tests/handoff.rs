@@ -91,7 +91,7 @@ fn pgbackrest_behind_the_gate() -> Result<()> {
 
     // Healthy: pushed, and archive-get returns it byte-identical.
     let seg = c.switch_wal()?;
-    let line = c.wait_log_line(&format!("wal={seg} decision=archived"))?;
+    let line = c.wait_released(&seg)?;
     assert!(line.contains(" via=pgbackrest "), "{line}");
     let original = fs::read(c.primary.data.join("pg_wal").join(&seg))?;
     assert!(
@@ -158,7 +158,7 @@ fn pgbackrest_behind_the_gate() -> Result<()> {
     c.start_node(c.replica("r2"))?;
     c.wait_streaming(2)?;
     c.switch_wal()?;
-    c.wait_log_line(&format!("wal={held} decision=archived"))?;
+    c.wait_released(&held)?;
     let original = fs::read(c.primary.data.join("pg_wal").join(&held))?;
     assert!(
         archive_get(&c, &conf, &held)? == Some(original),

@@ -156,13 +156,13 @@ fn holds_and_releases(major: u32) -> Result<()> {
     let archiver = archiver_pid(&c)?;
     let first = c.switch_wal()?;
     c.wait_archived(&first, ARCHIVE_WAIT)?;
-    let line = c.wait_log_line(&format!("wal={first} decision=archived"))?;
-    assert!(line.contains("source=shmem"), "{line}");
-    assert!(line.contains("replicas=2/2"), "{line}");
-    assert!(line.contains("bytes=16777216"), "{line}");
-    assert!(line.contains(" slowest=app:r"), "{line}");
+    let first_line = c.wait_released(&first)?;
+    assert!(first_line.contains("source=shmem"), "{first_line}");
+    assert!(first_line.contains("replicas=2/2"), "{first_line}");
+    assert!(first_line.contains("bytes=16777216"), "{first_line}");
+    assert!(first_line.contains(" slowest=app:r"), "{first_line}");
     // Written inside the archiver: no process was started for it.
-    assert_eq!(pid_of(&line), archiver, "{line}");
+    assert_eq!(pid_of(&first_line), archiver, "{first_line}");
 
     let r2 = c.replica("r2");
     let (held, line) = c.hold_by_stopping("r2", 3)?;
@@ -228,7 +228,7 @@ fn holds_and_releases(major: u32) -> Result<()> {
     assert_eq!(archiver_pid(&c)?, archiver);
     let log = c.log_text();
     let since = log
-        .find(&format!("wal={first} decision=archived"))
+        .find(&first_line)
         .and_then(|at| log[..at].rfind('\n'))
         .map_or(0, |at| at + 1);
     for line in log[since..].lines() {

@@ -381,11 +381,11 @@ fn two_runs_at_once_leave_one_identical_file() -> Result<()> {
         .lines()
         .filter(|l| l.contains(&format!("wal={seg} decision=exists")))
         .count();
-    // The cluster's own archiving of `seg` is one more `archived` line.
-    assert_eq!(
-        (archived, exists),
-        (21, 20),
-        "each race: one archived, one exists"
+    // Each race: one archived, one exists. The cluster's own release of `seg` is one more
+    // line: `archived`, or `exists` when a first attempt held it and archived it ahead.
+    assert!(
+        archived + exists == 41 && (20..=21).contains(&archived),
+        "archived {archived}, exists {exists}"
     );
     Ok(())
 }

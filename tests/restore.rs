@@ -27,7 +27,7 @@ fn compressed(replicas: usize) -> Result<Cluster> {
         },
     )?;
     let first = c.switch_wal()?;
-    c.wait_log_line(&format!("wal={first} decision=archived"))?;
+    c.wait_released(&first)?;
     Ok(c)
 }
 
@@ -130,7 +130,7 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
     c.switch_wal_on(r1)?;
     let last = c.switch_wal_on(r1)?;
     assert!(last.starts_with("00000002"), "{last}");
-    c.wait_log_line(&format!("wal={last} decision=archived"))?;
+    c.wait_released(&last)?;
 
     // A standby from the old base backup, fed only by the archive (no primary_conninfo).
     let standby = c.recovering_server(
@@ -331,7 +331,7 @@ fn a_restored_copy_never_archives_into_production() -> Result<()> {
         "the copy archived into production: {names:?}"
     );
     let mine = c.switch_wal()?;
-    c.wait_log_line(&format!("wal={mine} decision=archived"))?;
+    c.wait_released(&mine)?;
     let out = c.walguard(&["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     // Had the copy's files gone in (as they did before walguard checked), verify would
@@ -517,7 +517,7 @@ fn verify_finds_every_kind_of_damage_and_calls_clean_clean() -> Result<()> {
 fn restore_refuses_bad_input_and_leaves_nothing_half_written() -> Result<()> {
     let c = compressed(1)?;
     let seg = c.switch_wal()?;
-    c.wait_log_line(&format!("wal={seg} decision=archived"))?;
+    c.wait_released(&seg)?;
     let dest_dir = c.scratch_dir("restored")?;
     let restore = |name: &str, dest: &Path| c.walguard(&["restore", name, dest.to_str().unwrap()]);
     // The normal case: byte-identical to what PostgreSQL wrote.

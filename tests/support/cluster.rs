@@ -848,6 +848,23 @@ impl Cluster {
         })
     }
 
+    /// Waits for `name`'s release: `archived`, or `exists` when an earlier attempt held it
+    /// (its replicas had not reported replaying it yet) and archived it ahead. Returns the
+    /// line.
+    pub fn wait_released(&self, name: &str) -> Result<String> {
+        let (archived, exists) = (
+            format!("wal={name} decision=archived"),
+            format!("wal={name} decision=exists"),
+        );
+        wait_for(&format!("{name} released"), ARCHIVE_WAIT, || {
+            Ok(self
+                .log_text()
+                .lines()
+                .find(|l| l.contains(&archived) || l.contains(&exists))
+                .map(str::to_string))
+        })
+    }
+
     /// The newest line of the decision log.
     pub fn last_log_line(&self) -> String {
         self.log_text()
