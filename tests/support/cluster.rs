@@ -624,7 +624,16 @@ impl Cluster {
         let held: Vec<String> = (0..segments)
             .map(|_| self.switch_wal())
             .collect::<Result<_>>()?;
-        let line = self.wait_log_line(&format!("wal={} decision=held", held[0]))?;
+        // The primary's own line: with one config on every node a standby (archive_mode =
+        // always) logs its holds of the same segment to the same file.
+        let needle = format!("wal={} decision=held", held[0]);
+        let line = wait_for(&format!("the primary's `{needle}`"), ARCHIVE_WAIT, || {
+            Ok(self
+                .log_text()
+                .lines()
+                .find(|l| l.contains(&needle) && !l.contains(" role=standby"))
+                .map(str::to_string))
+        })?;
         if !line.contains(&format!("replica app:{name} not connected")) {
             bail!("the hold does not name {name}: {line}");
         }
