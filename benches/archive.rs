@@ -439,8 +439,20 @@ fn main() -> Result<()> {
         );
         walguard_archive_with(dest, &["--archive-via", &via])
     };
-    let stored_zstd = std::cell::Cell::new(0u64);
-    let stored_pgbr_zst = std::cell::Cell::new(0u64);
+    // Bytes stored by each compressing method (the last run's).
+    let stored = std::cell::RefCell::new(std::collections::BTreeMap::<&str, u64>::new());
+    let keep = |method: &'static str, bytes: u64| {
+        stored.borrow_mut().insert(method, bytes);
+    };
+    let walguard_zstd = |level: &'static str, method: &'static str| {
+        let (walguard_archive_with, keep, seg) = (&walguard_archive_with, &keep, &seg);
+        move |d: &Path| -> Result<Duration> {
+            let took =
+                walguard_archive_with(d, &["--compress", "zstd", "--compress-level", level])?;
+            keep(method, fs::metadata(d.join(format!("{seg}.zst")))?.len());
+            Ok(took)
+        }
+    };
     let mut methods: Vec<Method> = vec![
         ("cp + sync (floor)", Box::new(cp_sync)),
         (
@@ -459,28 +471,31 @@ fn main() -> Result<()> {
             Box::new(|d: &Path| walguard_archive_with(d, &["--header-check", "false"])),
         ),
         (
-            "walguard archive, zstd",
-            Box::new(|d: &Path| {
-                let took = walguard_archive_with(d, &["--compress", "zstd"])?;
-                stored_zstd.set(fs::metadata(d.join(format!("{seg}.zst")))?.len());
-                Ok(took)
-            }),
+            "walguard archive, zstd (level 3, the default)",
+            Box::new(walguard_zstd("3", "walguard zstd level 3")),
+        ),
+        (
+            "walguard archive, zstd level 1",
+            Box::new(walguard_zstd("1", "walguard zstd level 1")),
         ),
         ("test ! -f && cp (no fsync)", Box::new(test_cp)),
     ];
     if have_pgbackrest {
         methods.push(("pgbackrest archive-push, none", Box::new(pgbr("none"))));
-        methods.push(("pgbackrest archive-push, lz4", Box::new(pgbr("lz4"))));
-        let zst = pgbr("zst");
-        let stored = &stored_pgbr_zst;
-        methods.push((
-            "pgbackrest archive-push, zst",
-            Box::new(move |d: &Path| {
-                let took = zst(d)?;
-                stored.set(largest_file(&d.join("repo/archive")).unwrap_or(0));
-                Ok(took)
-            }),
-        ));
+        for (compress, method, label) in [
+            ("lz4", "pgbackrest archive-push, lz4", "pgbackrest lz4"),
+            ("zst", "pgbackrest archive-push, zst", "pgbackrest zst"),
+        ] {
+            let (push, keep) = (pgbr(compress), &keep);
+            methods.push((
+                method,
+                Box::new(move |d: &Path| {
+                    let took = push(d)?;
+                    keep(label, largest_file(&d.join("repo/archive")).unwrap_or(0));
+                    Ok(took)
+                }),
+            ));
+        }
         methods.push(("walguard archive_via pgbackrest, none", Box::new(gated)));
         // The gate alone: the decision and the hand-off's process, with nothing to push.
         methods.push((
@@ -500,18 +515,17 @@ fn main() -> Result<()> {
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let _ = writeln!(
         report,
-        "\nBytes stored for the 16 MiB segment: walguard zstd (level 3) {:.2} MiB ({:.1}% of the original){}.",
-        mib(stored_zstd.get()),
-        100.0 * stored_zstd.get() as f64 / f64::from(16 << 20),
-        if stored_pgbr_zst.get() > 0 {
-            format!(
-                "; pgbackrest zst {:.2} MiB ({:.1}%)",
-                mib(stored_pgbr_zst.get()),
-                100.0 * stored_pgbr_zst.get() as f64 / f64::from(16 << 20)
-            )
-        } else {
-            String::new()
-        }
+        "\nBytes stored for the 16 MiB segment: {}.",
+        stored
+            .borrow()
+            .iter()
+            .map(|(method, bytes)| format!(
+                "{method} {:.2} MiB ({:.1}% of the original)",
+                mib(*bytes),
+                100.0 * *bytes as f64 / f64::from(16 << 20)
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
 
     // 1b. The header check itself, in process: open, read the first page, check.
@@ -901,6 +915,35 @@ fn main() -> Result<()> {
             &seg,
         ],
     )?;
+    let rss_zstd = c.scratch_dir("rss-zstd")?;
+    let archive_zstd_rss = max_rss_kib(
+        &c,
+        &[
+            WALGUARD,
+            "--config",
+            &config,
+            "--archive-dir",
+            rss_zstd.to_str().unwrap_or_default(),
+            "--compress",
+            "zstd",
+            "archive",
+            &wal,
+            &seg,
+        ],
+    )?;
+    let restore_zstd_rss = max_rss_kib(
+        &c,
+        &[
+            WALGUARD,
+            "--config",
+            &config,
+            "--archive-dir",
+            rss_zstd.to_str().unwrap_or_default(),
+            "restore",
+            &seg,
+            rss_dest.join("RECOVERYXLOG").to_str().unwrap_or_default(),
+        ],
+    )?;
     let check_rss = max_rss_kib(&c, &[WALGUARD, "--config", &config, "check", &seg])?;
     let verify_rss = max_rss_kib(
         &c,
@@ -921,6 +964,11 @@ fn main() -> Result<()> {
     let _ = writeln!(report, "| command | max RSS |\n|---|---:|");
     for (what, kib) in [
         ("walguard archive (16 MiB segment)".to_string(), archive_rss),
+        (
+            "walguard archive, zstd (level 3, a worker per core)".to_string(),
+            archive_zstd_rss,
+        ),
+        ("walguard restore, zstd".to_string(), restore_zstd_rss),
         ("walguard check".to_string(), check_rss),
         (format!("walguard verify ({segments} segments)"), verify_rss),
         ("cp (same file)".to_string(), cp_rss),
@@ -1222,6 +1270,126 @@ fn main() -> Result<()> {
         path - copy_alone
     );
 
+    // 7. A whole recovery, end to end on a real server: a base backup, then at least 64
+    // segments (1 GiB) of pgbench WAL; each method recovers a fresh copy of the backup to
+    // the end of the archive and promotes (hot_standby off: pg_ctl start -w returns at
+    // the promotion). From a plain archive with cp and with walguard; from a zstd archive
+    // with walguard, restore_prefetch off and on.
+    let want_segments: u64 = if quick { 16 } else { 64 };
+    eprintln!("bench: a base backup and {want_segments} segments of WAL for a whole recovery");
+    let backup = c.base.join("recovery-backup");
+    client(
+        "pg_basebackup",
+        &[
+            "-D",
+            backup.to_str().unwrap_or_default(),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+        ],
+    )?;
+    let position = || -> Result<u64> {
+        c.query("SELECT pg_current_wal_lsn() - '0/0'")?
+            .context("no WAL position")?
+            .parse::<f64>()
+            .map(|b| b as u64)
+            .context("a WAL position")
+    };
+    let from = position()?;
+    client(
+        "pgbench",
+        &["-i", "-s", &want_segments.to_string(), "-q", "postgres"],
+    )?;
+    while position()? - from < want_segments << 24 {
+        client("pgbench", &["-T", "5", "-c", "2", "-n", "postgres"])?;
+    }
+    let recovered_segments = (position()? - from) >> 24;
+    let accounts = c.query("SELECT count(*) FROM pgbench_accounts")?;
+    c.archive_everything()?;
+    c.wait_caught_up(&["r1", "r2"])?;
+    // The same archive compressed as walguard compresses (level 3, with a checksum).
+    let zstd_archive = c.scratch_dir("recovery-zstd")?;
+    for entry in fs::read_dir(&c.archive)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut encoder = zstd::stream::write::Encoder::new(
+                fs::File::create(zstd_archive.join(format!("{name}.zst")))?,
+                3,
+            )?;
+            encoder.include_checksum(true)?;
+            std::io::copy(&mut fs::File::open(entry.path())?, &mut encoder)?;
+            encoder.finish()?;
+        } else {
+            fs::copy(entry.path(), zstd_archive.join(&name))?;
+        }
+    }
+    c.chown(&zstd_archive)?;
+    let recoveries = std::cell::Cell::new(0);
+    let recover = |restore_command: String| {
+        let (c, backup, recoveries, accounts) = (&c, &backup, &recoveries, &accounts);
+        move |_: &Path| -> Result<Duration> {
+            recoveries.set(recoveries.get() + 1);
+            let node = c.recovering_server(
+                &format!("recovery{}", recoveries.get()),
+                backup,
+                &format!("hot_standby = off\nrestore_command = '{restore_command}'"),
+                false,
+            )?;
+            let started = Instant::now();
+            c.start_node(&node)?;
+            let took = started.elapsed();
+            let got = c.query_on(&node, "SELECT count(*) FROM pgbench_accounts")?;
+            ensure!(
+                &got == accounts,
+                "the recovery ended early: {got:?} accounts, not {accounts:?}"
+            );
+            c.stop_immediately(&node)?;
+            fs::remove_dir_all(&node.data)?;
+            Ok(took)
+        }
+    };
+    let walguard_restore = |archive: &Path, extra: &str| {
+        format!(
+            "{WALGUARD} --config {config} --archive-dir {} {extra} restore %f %p",
+            archive.display()
+        )
+    };
+    let whole: Vec<Method> = vec![
+        (
+            "cp (plain archive)",
+            Box::new(recover(format!("cp {}/%f %p", c.archive.display()))),
+        ),
+        (
+            "walguard restore (plain)",
+            Box::new(recover(walguard_restore(&c.archive, ""))),
+        ),
+        (
+            "walguard restore (zstd), restore_prefetch = 0",
+            Box::new(recover(walguard_restore(
+                &zstd_archive,
+                "--restore-prefetch 0",
+            ))),
+        ),
+        (
+            "walguard restore (zstd), restore_prefetch = 8",
+            Box::new(recover(walguard_restore(&zstd_archive, ""))),
+        ),
+    ];
+    eprintln!("bench: whole recoveries");
+    let recovered = interleave(&c, if quick { 2 } else { 5 }, &scratch, &whole)?;
+    table(
+        &format!(
+            "A whole recovery of {recovered_segments} segments of pgbench WAL, start to promotion (a real server)"
+        ),
+        "cp (plain archive)",
+        &recovered,
+        &mut report,
+    );
+
     for s in copy
         .iter()
         .chain(&restore)
@@ -1232,6 +1400,7 @@ fn main() -> Result<()> {
         .chain(&verified)
         .chain(bursts.iter().flat_map(|(_, s)| s))
         .chain(&in_process)
+        .chain(&recovered)
     {
         for v in &s.samples {
             let _ = writeln!(raw, "bench,{},{v:.3}", s.name.replace(',', ";"));
@@ -1239,7 +1408,7 @@ fn main() -> Result<()> {
     }
     let _ = writeln!(
         raw,
-        "rss_kib,walguard archive,{archive_rss}\nrss_kib,walguard check,{check_rss}\nrss_kib,walguard verify,{verify_rss}\nrss_kib,cp,{cp_rss}\nheader_check_us,in process,{header_us:.2}"
+        "rss_kib,walguard archive,{archive_rss}\nrss_kib,walguard archive zstd,{archive_zstd_rss}\nrss_kib,walguard restore zstd,{restore_zstd_rss}\nrss_kib,walguard check,{check_rss}\nrss_kib,walguard verify,{verify_rss}\nrss_kib,cp,{cp_rss}\nheader_check_us,in process,{header_us:.2}"
     );
     let machine = format!(
         "{} cores, {}",

@@ -53,6 +53,9 @@ Example:
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// restore's background worker (restore_prefetch): started by `restore`, not by people
+    #[command(hide = true)]
+    Prefetch(crate::commands::PrefetchJob),
     /// Print the manual page (roff)
     #[command(after_help = "\
 Example:
@@ -216,7 +219,10 @@ fn reads(subcommand: &str) -> &'static [&'static str] {
             "archive_dir", "replicas", "conninfo", "log_file", "position", "resolve", "timeout",
             "pgdata", "source", "self_",
         ],
-        "restore" => &["archive_dir", "log_file", "restore_timeout", "pgdata", "header_check"],
+        "restore" => &[
+            "archive_dir", "log_file", "restore_timeout", "pgdata", "header_check",
+            "restore_prefetch",
+        ],
         "verify" => &[
             "archive_dir", "replicas", "conninfo", "position", "resolve", "timeout", "pgdata",
             "source", "self_",

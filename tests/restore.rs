@@ -104,6 +104,106 @@ fn point_in_time_recovery_from_a_compressed_archive() -> Result<()> {
         "{restored} segments restored from .zst: {}",
         c.log_text()
     );
+    // restore_prefetch (on by default) decompressed segments ahead while the server
+    // replayed, and its staging area is gone once recovery ended.
+    assert!(
+        c.log_text().contains("prefetched=true"),
+        "no segment was served from the prefetch area: {}",
+        c.log_text()
+    );
+    wait_gone(&pitr.data.join("pg_wal").join(STAGING))?;
+    Ok(())
+}
+
+const STAGING: &str = "walguard.prefetch";
+
+fn wait_gone(path: &Path) -> Result<()> {
+    wait_for(
+        &format!("{} to be removed", path.display()),
+        Duration::from_secs(30),
+        || Ok((!path.exists()).then_some(())),
+    )
+}
+
+/// A copy decompressed ahead and left in the staging area by a crash (or a power
+/// loss, which may leave a renamed file with lost blocks) must never be served: the
+/// area belongs to one start of one server, and a new start empties it. Planted here
+/// under the very name a staged copy of the archived file would have, with a damaged
+/// record in the middle that its header check cannot see: served, recovery would end
+/// early at the damage and the data would differ.
+#[test]
+fn a_staged_copy_left_by_a_crash_is_never_served() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let c = compressed(0)?;
+    c.client("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
+    let backup = c.base.join("backup");
+    c.client(
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    c.client("pgbench", &["-T", "3", "-c", "2", "-n", "postgres"])?;
+    let want = c.query(CHECKSUM)?.context("no checksum")?;
+    c.archive_everything()?;
+    let mut segments: Vec<String> = fs::read_dir(&c.archive)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 28 && n.ends_with(".zst"))
+        .collect();
+    segments.sort();
+    // The last segment of the load (the newest is the switch that archived it): its
+    // third page holds the load's records.
+    let victim = &segments[segments.len() - 2];
+    let archived = c.archive.join(victim);
+    let meta = fs::metadata(&archived)?;
+    let name = &victim[..24];
+    let key = format!(
+        "{name}.{:x}-{:x}-{:x}.{:x}",
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let mut content = zstd::decode_all(fs::File::open(&archived)?)?;
+    for b in &mut content[16384 + 512..16384 + 576] {
+        *b ^= 0xFF;
+    }
+
+    let pitr = c.recovering_server("pitr", &backup, "recovery_target_action = 'promote'", false)?;
+    let area = pitr.data.join("pg_wal").join(STAGING);
+    fs::create_dir(&area)?;
+    fs::write(area.join("owner"), "12345\n/gone\n1700000000")?;
+    fs::write(area.join(&key), &content)?;
+    fs::write(area.join("want"), name)?;
+    c.chown(&pitr.data)?;
+    c.start_node(&pitr)?;
+    wait_for(
+        "the recovered server to promote",
+        Duration::from_secs(120),
+        || {
+            Ok((c
+                .query_on(&pitr, "SELECT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("f"))
+            .then_some(()))
+        },
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    assert_eq!(
+        c.query_on(&pitr, CHECKSUM)?.as_deref(),
+        Some(want.as_str()),
+        "the data differs: a damaged staged copy was served? {}",
+        c.server_log(&pitr)
+    );
+    let served = c
+        .log_text()
+        .lines()
+        .find(|l| l.contains(&format!("wal={name} ")) && l.contains("decision=restored"))
+        .map(str::to_string)
+        .context("the victim segment was never restored")?;
+    assert!(served.contains("from="), "{served}");
+    wait_gone(&area)?;
     Ok(())
 }
 

@@ -229,19 +229,23 @@ fn archive(
         .with_context(|| format!("cannot read WAL_PATH {}", wal_path.display()))
         .hint("archive_command must pass %p, relative to the data directory")?;
     gather::check_segment_size(wal, wal_path, meta.len())?;
-    // A segment that has just been finished is almost always archived at once, so its
-    // copy runs while the server is asked, and only becomes durable and visible once the
-    // verdict is known (archived, or archived ahead of a hold). A retry (an older file)
-    // is copied only after the verdict, and only if the archive lacks it, so an outage
-    // does not rewrite the archive's disk every second. Inside the server, asking takes
-    // microseconds: nothing to overlap, and no thread is started in PostgreSQL's archiver.
+    // The copy runs while the server is asked, and only becomes durable and visible once
+    // the verdict is known (archived, or archived ahead of a hold). With archive_ahead a
+    // held file is copied anyway, so every file overlaps (a file the archive holds
+    // already costs a lookup); without it only a just-finished segment does, and a retry
+    // is copied after the verdict, so an outage does not rewrite the archive's disk every
+    // second. A standby never writes into the archive: nothing to overlap. Inside the
+    // server, asking takes microseconds: nothing to overlap, and no thread is started in
+    // PostgreSQL's archiver.
     let outside = matches!(observer, Observer::Outside);
-    let fresh = outside
-        && meta
-            .modified()
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < FRESH);
+    let overlap = outside
+        && local::recovery(&settings.pgdata) == local::Recovery::None
+        && (settings.archive_ahead
+            || meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < FRESH));
     // Read before the server is asked (and again after): a checkpoint in between must
     // not make the same server look like another.
     let control_before = outside
@@ -249,7 +253,7 @@ fn archive(
         .flatten();
     let decide = || gather::decide(settings, observer, wal, Some((wal_path, &meta)));
     let (gathered, early) = match road {
-        Road::Copy(dir) if fresh => std::thread::scope(|scope| {
+        Road::Copy(dir) if overlap => std::thread::scope(|scope| {
             let copying = scope.spawn(|| put::stage(settings, dir, wal_path, &run.wal, wal));
             (decide(), Some(copying.join()))
         }),

@@ -10,6 +10,7 @@ mod gather;
 mod identity;
 mod invocation;
 mod log;
+mod prefetch;
 mod put;
 mod restore;
 mod status;
@@ -20,6 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use invocation::Invocation;
+pub use prefetch::Job as PrefetchJob;
 
 use anyhow::{Result, bail};
 
@@ -39,6 +41,10 @@ pub fn run(cli: Cli) -> Exit {
         // These two only print what clap knows; they need no settings.
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),
+        Command::Prefetch(job) => prefetch::run(
+            &job,
+            cli.settings.pgdata.as_deref().unwrap_or(Path::new(".")),
+        ),
     }
 }
 

@@ -7,6 +7,7 @@ use walguard_core::logfmt::Level;
 use walguard_core::wal::WalFile;
 
 use super::invocation::Invocation;
+use super::prefetch;
 use crate::exit::{Exit, Hint};
 use crate::observe::local::{self, Recovery};
 use crate::settings::Settings;
@@ -44,22 +45,40 @@ pub fn run(run: &Invocation, settings: &Settings, wal: &WalFile, dest: &Path) ->
         }),
         _ => None,
     };
+    let staging = prefetch::area(settings.restore_prefetch, &settings.pgdata, wal, dest);
     match restore::restore(
         archive,
         &run.wal,
         dest,
         check.as_ref(),
         settings.restore_timeout,
+        staging.as_ref(),
     )
     .hint(consequence(recovery))?
     {
         Restored::Missing => Ok(Exit::NotFound),
-        Restored::Written { bytes, from } => {
-            run.write(
-                Level::Info,
-                "restored",
-                vec![("from", from), ("bytes", bytes.to_string())],
-            );
+        Restored::Written {
+            bytes,
+            from,
+            prefetched,
+        } => {
+            let mut fields = vec![("from", from), ("bytes", bytes.to_string())];
+            if prefetched {
+                fields.push(("prefetched", "true".to_string()));
+            }
+            run.write(Level::Info, "restored", fields);
+            if let Some(staging) = &staging {
+                let job = prefetch::Job {
+                    archive: archive.to_path_buf(),
+                    dest_path: dest.to_path_buf(),
+                    segment_bytes: bytes,
+                    window: settings.restore_prefetch,
+                    check_headers: check.is_some(),
+                    sysid: run.sysid,
+                    stale_after: settings.restore_timeout.as_secs().max(1),
+                };
+                prefetch::after_restore(staging, &job, &settings.pgdata, &run.wal);
+            }
             Ok(Exit::Ok)
         }
     }

@@ -59,6 +59,14 @@ pub fn postmaster(pgdata: &Path) -> Option<super::conninfo::LocalServer> {
     super::conninfo::LocalServer::parse(&text)
 }
 
+/// Which start of which server runs in `pgdata`: its postmaster.pid's pid, data
+/// directory and start time. `None` when none runs there.
+pub fn postmaster_stamp(pgdata: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().take(3).collect();
+    (lines.len() == 3).then(|| lines.join("\n"))
+}
+
 /// What kind of recovery the server in `pgdata` is in, from its signal files: what a
 /// failed `restore` must do depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

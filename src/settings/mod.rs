@@ -128,6 +128,16 @@ pub struct Layer {
     )]
     pub restore_timeout: Option<Span>,
 
+    /// restore: decompress up to N segments after the one asked for in the background,
+    /// into pg_wal/walguard.prefetch, while PostgreSQL replays; 0 turns it off [default: 8]
+    #[arg(
+        long,
+        global = true,
+        env = "WALGUARD_RESTORE_PREFETCH",
+        value_name = "N"
+    )]
+    pub restore_prefetch: Option<u32>,
+
     /// The data directory, to find pg_wal [default: the working directory]
     #[arg(long, global = true, env = "WALGUARD_PGDATA", value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
@@ -189,8 +199,8 @@ pub struct Layer {
     #[arg(long, global = true, env = "WALGUARD_COMPRESS", value_enum)]
     pub compress: Option<Compress>,
 
-    /// zstd level, 1 (fastest) to 19 [default: 3]
-    #[arg(long, global = true, env = "WALGUARD_COMPRESS_LEVEL", value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    /// zstd level, 1 to 19, or -1 to -7 (zstd's faster levels: less compression) [default: 3]
+    #[arg(long, global = true, env = "WALGUARD_COMPRESS_LEVEL", value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
     pub compress_level: Option<i32>,
 
     /// When a segment is held, copy it (and every other segment waiting) into the archive
@@ -247,6 +257,7 @@ impl Layer {
             resolve: self.resolve.or(lower.resolve),
             timeout: self.timeout.or(lower.timeout),
             restore_timeout: self.restore_timeout.or(lower.restore_timeout),
+            restore_prefetch: self.restore_prefetch.or(lower.restore_prefetch),
             pgdata: self.pgdata.or(lower.pgdata),
             min_free: self.min_free.or(lower.min_free),
             max_retained: self.max_retained.or(lower.max_retained),
@@ -276,6 +287,8 @@ pub struct Settings {
     pub resolve: bool,
     pub timeout: Duration,
     pub restore_timeout: Duration,
+    /// Segments `restore` decompresses ahead (0: none).
+    pub restore_prefetch: u32,
     pub pgdata: PathBuf,
     pub on_event: Option<String>,
     pub source: Source,
@@ -305,7 +318,9 @@ pub enum SettingsError {
     NoReplicas,
     #[error("timeout and restore_timeout must be more than zero")]
     ZeroTimeout,
-    #[error("compress_level {0} is out of range: zstd levels go from 1 (fastest) to 19")]
+    #[error(
+        "compress_level {0} is out of range: zstd levels go from 1 to 19 (higher compresses more), and -1 to -7 are faster still"
+    )]
     Level(i32),
     #[error("{setting}: {error}")]
     Template {
@@ -389,7 +404,10 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
     if timeout.is_zero() || restore_timeout.is_zero() {
         return Err(SettingsError::ZeroTimeout);
     }
-    if let Some(level) = merged.compress_level.filter(|l| !(1..=19).contains(l)) {
+    if let Some(level) = merged
+        .compress_level
+        .filter(|l| !(1..=19).contains(l) && !(-7..=-1).contains(l))
+    {
         return Err(SettingsError::Level(level));
     }
     for (setting, template) in [
@@ -419,6 +437,7 @@ pub fn load(config: Option<&Path>, cli: Layer) -> Result<Settings, SettingsError
         resolve: merged.resolve.unwrap_or(true),
         timeout,
         restore_timeout,
+        restore_prefetch: merged.restore_prefetch.unwrap_or(8),
         pgdata: merged.pgdata.unwrap_or_else(|| PathBuf::from(".")),
         on_event: merged.on_event,
         source: merged.source.unwrap_or_default(),
@@ -477,6 +496,29 @@ mod tests {
         assert!(d.resolve);
         assert_eq!(d.timeout, Duration::from_secs(30));
         assert_eq!(d.log_file, None);
+    }
+
+    #[test]
+    fn compression_levels_and_prefetch() {
+        for (level, ok) in [
+            (1, true),
+            (19, true),
+            (-1, true),
+            (-7, true),
+            (0, false),
+            (20, false),
+            (-8, false),
+        ] {
+            let got = with_file(
+                &format!("compress = \"zstd\"\ncompress_level = {level}"),
+                Layer::default(),
+            );
+            assert_eq!(got.is_ok(), ok, "{level}: {got:?}");
+        }
+        let d = with_file("", Layer::default()).unwrap();
+        assert_eq!((d.compress_level, d.restore_prefetch), (3, 8));
+        let off = with_file("restore_prefetch = 0", Layer::default()).unwrap();
+        assert_eq!(off.restore_prefetch, 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::fs::FileType;
@@ -31,6 +32,32 @@ pub enum Compression {
     None,
     Zstd { level: i32 },
 }
+
+/// Whether a compressed copy may use worker threads: yes in a walguard process, no in
+/// PostgreSQL's archiver (the module calls [`no_threads`] when it is loaded).
+static THREADS: AtomicBool = AtomicBool::new(true);
+
+/// Compress on the calling thread only: inside a server process, walguard starts no
+/// threads of its own.
+pub fn no_threads() {
+    THREADS.store(false, Ordering::Relaxed);
+}
+
+/// zstd's workers for one segment: one per core (capped: a segment is split in jobs of
+/// [`JOB_SIZE`]), or none (compress on the calling thread).
+fn zstd_workers() -> u32 {
+    if !THREADS.load(Ordering::Relaxed) {
+        return 0;
+    }
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => 0,
+        n => n.min(4) as u32,
+    }
+}
+
+/// The input each zstd worker compresses at a time: a 16 MiB segment gives every
+/// worker of a small machine a job, and the buffers stay small.
+const JOB_SIZE: u32 = 2 << 20;
 
 /// The suffix of a compressed file in the archive.
 pub const ZSTD_SUFFIX: &str = ".zst";
@@ -178,6 +205,11 @@ pub fn stage(
                     level,
                 )?;
                 encoder.include_checksum(true)?;
+                let workers = zstd_workers();
+                if workers > 0 {
+                    encoder.multithread(workers)?;
+                    encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))?;
+                }
                 // The size in the frame header: a file that shrinks while read fails here.
                 encoder.set_pledged_src_size(Some(len))?;
                 io::copy(&mut counted, &mut encoder)?;

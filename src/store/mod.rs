@@ -9,6 +9,7 @@ pub mod commit;
 pub mod copy;
 pub mod header;
 pub mod listing;
+pub mod prefetch;
 pub mod restore;
 
 use std::io;

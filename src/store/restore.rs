@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use walguard_core::header::{LONG_HEADER_LEN, LongHeader};
@@ -13,14 +13,20 @@ use walguard_core::wal::{SegmentId, SegmentSize, WalFile};
 use super::StoreError;
 use super::atomic::Dir;
 use super::copy::{ZSTD_SUFFIX, read_full, reader};
+use super::prefetch::Staging;
 
 /// What a restore found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Restored {
     /// Neither `NAME` nor `NAME.zst` is in the archive (which is there and readable).
     Missing,
-    /// Written to the destination: `bytes` from the archive's `from`.
-    Written { bytes: u64, from: String },
+    /// Written to the destination: `bytes` from the archive's `from`; `prefetched` when
+    /// a copy decompressed ahead was moved into place.
+    Written {
+        bytes: u64,
+        from: String,
+        prefetched: bool,
+    },
 }
 
 /// For a segment: its id and the cluster's system identifier when known. Its size comes
@@ -31,57 +37,117 @@ pub struct SegmentCheck {
 }
 
 /// The names PostgreSQL asks restore_command to write (`RECOVERYXLOG`,
-/// `RECOVERYHISTORY`), or a WAL file name (pg_rewind): the temporary files walguard may
-/// clean up in `pg_wal`.
+/// `RECOVERYHISTORY`), a WAL file name (pg_rewind), or a copy staged ahead
+/// (`NAME.KEY`): the temporary files walguard may clean up in `pg_wal` and its staging
+/// area.
 fn is_restore_target(name: &str) -> bool {
-    name.starts_with("RECOVERY") || name.parse::<WalFile>().is_ok()
+    name.starts_with("RECOVERY")
+        || name.parse::<WalFile>().is_ok()
+        || name
+            .split_once('.')
+            .is_some_and(|(wal, _)| wal.parse::<WalFile>().is_ok())
+}
+
+/// A file the archive holds for a name: `NAME`, else `NAME.zst`, opened.
+pub struct Found {
+    pub name: String,
+    /// The form it is stored in (`NAME` or `NAME.zst`).
+    pub form: String,
+    path: PathBuf,
+    file: File,
+    meta: std::fs::Metadata,
+}
+
+impl Found {
+    /// What names this archived file's content: its name, inode, length and modification
+    /// time. A copy staged ahead is served only while the archive holds that same file.
+    pub fn key(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let m = &self.meta;
+        format!(
+            "{}.{:x}-{:x}-{:x}.{:x}",
+            self.name,
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        )
+    }
+}
+
+/// Finds `name` in `archive`, plain first. The archive itself must be there: an
+/// unmounted network file system is no "end of the archive".
+pub fn find(archive: &Path, name: &str) -> Result<Option<Found>, StoreError> {
+    std::fs::metadata(archive).map_err(io_err("cannot reach the archive directory", archive))?;
+    for form in [name.to_string(), format!("{name}{ZSTD_SUFFIX}")] {
+        let path = archive.join(&form);
+        match File::open(&path) {
+            Ok(file) => {
+                let meta = file.metadata().map_err(io_err("cannot stat", &path))?;
+                return Ok(Some(Found {
+                    name: name.to_string(),
+                    form,
+                    path,
+                    file,
+                    meta,
+                }));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("cannot read", &path)(e)),
+        }
+    }
+    Ok(None)
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { what, path, source }
 }
 
 /// Restores `name` from `archive` to `dest`; `check` (segments, with `header_check`)
-/// verifies the header and the length before the file is put in place. Temporary files
-/// of earlier runs that died are removed from `dest`'s directory first (none lasts
-/// longer than `stale_after`).
+/// verifies the header and the length before the file is put in place. A whole copy
+/// `staged` ahead for this very archived file is moved into place instead.
 pub fn restore(
     archive: &Path,
     name: &str,
     dest: &Path,
     check: Option<&SegmentCheck>,
     stale_after: Duration,
+    staged: Option<&Staging>,
 ) -> Result<Restored, StoreError> {
-    let io_err = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { what, path, source }
-    };
-    // The archive itself must be there: an unmounted network file system is no
-    // "end of the archive".
-    std::fs::metadata(archive).map_err(io_err("cannot reach the archive directory", archive))?;
-    let mut found = None;
-    for form in [name.to_string(), format!("{name}{ZSTD_SUFFIX}")] {
-        let path = archive.join(&form);
-        match File::open(&path) {
-            Ok(file) => {
-                found = Some((form, path, file));
-                break;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("cannot read", &path)(e)),
-        }
-    }
-    let Some((form, path, file)) = found else {
+    let Some(found) = find(archive, name)? else {
         return Ok(Restored::Missing);
     };
-    let dest_dir = match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) => dir,
-        None => Path::new("."),
-    };
-    let dest_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| StoreError::Io {
-            what: "no file name in",
-            path: dest.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::InvalidInput),
-        })?;
+    let from = found.form.clone();
+    if let Some(bytes) = staged.and_then(|s| s.take(&found, dest, check)) {
+        return Ok(Restored::Written {
+            bytes,
+            from,
+            prefetched: true,
+        });
+    }
+    let bytes = write(found, dest, check, stale_after)?;
+    Ok(Restored::Written {
+        bytes,
+        from,
+        prefetched: false,
+    })
+}
+
+/// Writes `found`, decompressed and checked, to `dest` through a temporary file in its
+/// directory and a rename, so `dest` is either absent or whole. Temporary files of
+/// earlier runs that died are removed from that directory first (none lasts longer than
+/// `stale_after`). Returns the bytes written.
+pub fn write(
+    found: Found,
+    dest: &Path,
+    check: Option<&SegmentCheck>,
+    stale_after: Duration,
+) -> Result<u64, StoreError> {
+    let Found {
+        form, path, file, ..
+    } = found;
+    let (dest_dir, dest_name) = split(dest)?;
     let dir = Dir::open(dest_dir).map_err(io_err("cannot open", dest_dir))?;
     dir.clean_stale(true, is_restore_target, stale_after);
     let mut tmp = dir
@@ -130,20 +196,56 @@ pub fn restore(
             io::copy(&mut file, tmp.file()).map_err(io_err("cannot copy into", &tmp_path))?;
         (size, bytes)
     };
-    if let Some(size) = size
-        && bytes != size.bytes()
-    {
-        return Err(StoreError::Header {
-            path,
+    check_length(bytes, size, &path)?;
+    tmp.rename(&dir, &dest_name)
+        .map_err(io_err("cannot rename into place", dest))?;
+    Ok(bytes)
+}
+
+/// A segment must be exactly as long as its header says.
+fn check_length(bytes: u64, size: Option<SegmentSize>, path: &Path) -> Result<(), StoreError> {
+    match size {
+        Some(size) if bytes != size.bytes() => Err(StoreError::Header {
+            path: path.to_path_buf(),
             mismatch: format!(
                 "it holds {bytes} bytes, but its header says it is a {}-byte segment: it is truncated",
                 size.bytes()
             ),
-        });
+        }),
+        _ => Ok(()),
     }
-    tmp.rename(&dir, &dest_name)
-        .map_err(io_err("cannot rename into place", dest))?;
-    Ok(Restored::Written { bytes, from: form })
+}
+
+/// `dest`'s directory (`.` for a bare name) and file name.
+fn split(dest: &Path) -> Result<(&Path, String), StoreError> {
+    let dir = match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| StoreError::Io {
+            what: "no file name in",
+            path: dest.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+    Ok((dir, name))
+}
+
+/// A copy staged ahead, checked as a restore checks the file it writes: its length.
+pub(super) fn check_staged(
+    file: &File,
+    path: &Path,
+    check: Option<&SegmentCheck>,
+) -> Result<u64, StoreError> {
+    let bytes = file.metadata().map_err(io_err("cannot stat", path))?.len();
+    if let Some(check) = check {
+        let mut head = [0u8; LONG_HEADER_LEN];
+        let n = read_head(file, &mut head).map_err(io_err("cannot read", path))?;
+        check_length(bytes, Some(check_head(&head[..n], check, path)?), path)?;
+    }
+    Ok(bytes)
 }
 
 /// The first bytes of `file` (at most `buf`'s length), read in place.

@@ -118,6 +118,15 @@ impl SegmentId {
             .ok_or_else(|| SegmentError::PastEnd(self.to_string()))
     }
 
+    /// The segment after this one on its timeline; `None` past the end of WAL.
+    pub fn next(self, size: SegmentSize) -> Option<SegmentId> {
+        Some(SegmentId::containing(
+            self.timeline,
+            self.end(size).ok()?,
+            size,
+        ))
+    }
+
     /// The segment on `timeline` that holds position `lsn`.
     pub fn containing(timeline: u32, lsn: Lsn, size: SegmentSize) -> SegmentId {
         let segno = lsn.0 / size.bytes();
@@ -252,6 +261,42 @@ mod tests {
 
     fn all_sizes() -> impl Iterator<Item = SegmentSize> {
         (20..=30).map(|shift| SegmentSize::new(1 << shift).unwrap())
+    }
+
+    #[test]
+    fn next_segment() {
+        let mib16 = SegmentSize::new(16 << 20).unwrap();
+        let gib1 = SegmentSize::new(1 << 30).unwrap();
+        let cases = [
+            (
+                "000000010000000000000003",
+                mib16,
+                Some("000000010000000000000004"),
+            ),
+            (
+                "0000000200000000000000FF",
+                mib16,
+                Some("000000020000000100000000"),
+            ),
+            (
+                "000000010000000100000003",
+                gib1,
+                Some("000000010000000200000000"),
+            ),
+            ("00000001FFFFFFFF000000FF", mib16, None),
+            ("000000010000000000000100", mib16, None), // not a segment of this size
+        ];
+        for (name, size, want) in cases {
+            let id: SegmentId = match name.parse::<WalFile>().unwrap() {
+                WalFile::Segment(id) => id,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                id.next(size).map(|n| n.to_string()).as_deref(),
+                want,
+                "{name}"
+            );
+        }
     }
 
     #[test]

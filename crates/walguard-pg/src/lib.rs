@@ -47,6 +47,7 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"walguard".as_ptr()) };
     walguard::out::set_sink(server_log);
     walguard::hook::set_interrupt(shutdown_requested);
+    walguard::store::copy::no_threads();
 }
 
 /// True once the archiver has been told to stop (SIGTERM, or a backend's die): a
