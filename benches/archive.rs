@@ -478,6 +478,10 @@ fn main() -> Result<()> {
             "walguard archive, zstd level 1",
             Box::new(walguard_zstd("1", "walguard zstd level 1")),
         ),
+        (
+            "walguard archive, zstd level -1",
+            Box::new(walguard_zstd("-1", "walguard zstd level -1")),
+        ),
         ("test ! -f && cp (no fsync)", Box::new(test_cp)),
     ];
     if have_pgbackrest {

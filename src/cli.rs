@@ -97,7 +97,12 @@ through a temporary file and a rename. Exit 0: restored. Exit 1: not in the arch
 (PostgreSQL asks for files that do not exist; no message). A file that is there but
 damaged or unreadable, a missing archive directory, restore_timeout or a signal: exit 2 on
 a standby (standby.signal: PostgreSQL retries and streams meanwhile), exit 200 in an archive
-recovery (recovery.signal), which stops recovery instead of letting it end early and promote.")]
+recovery (recovery.signal), which stops recovery instead of letting it end early and promote.
+
+In a recovering server, it also starts a background worker that decompresses the next
+restore_prefetch segments (default 8) into pg_wal/walguard.prefetch while PostgreSQL
+replays; the next restore of one of them is a rename. The worker removes that directory
+when recovery ends.")]
     Restore {
         /// The file's name (%f), e.g. 000000010000000000000003 or 00000002.history
         wal_name: String,
