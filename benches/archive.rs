@@ -1276,8 +1276,8 @@ fn main() -> Result<()> {
 
     // 7. A whole recovery, end to end on a real server: a base backup, then at least 64
     // segments (1 GiB) of pgbench WAL; each method recovers a fresh copy of the backup to
-    // the end of the archive and promotes (hot_standby off: pg_ctl start -w returns at
-    // the promotion). From a plain archive with cp and with walguard; from a zstd archive
+    // the end of the archive and promotes (timed until it accepts connections, out of
+    // recovery). From a plain archive with cp and with walguard; from a zstd archive
     // with walguard, restore_prefetch off and on.
     let want_segments: u64 = if quick { 16 } else { 64 };
     eprintln!("bench: a base backup and {want_segments} segments of WAL for a whole recovery");
@@ -1344,7 +1344,23 @@ fn main() -> Result<()> {
                 false,
             )?;
             let started = Instant::now();
+            // pg_ctl -w returns once recovery is consistent (hot_standby off: "standby");
+            // the recovery ends when the server accepts connections, promoted.
             c.start_node(&node)?;
+            while c
+                .query_on(&node, "SELECT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .as_deref()
+                != Some("f")
+            {
+                ensure!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "no promotion after 10 minutes: {}",
+                    c.server_log(&node)
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let took = started.elapsed();
             let got = c.query_on(&node, "SELECT count(*) FROM pgbench_accounts")?;
             ensure!(
