@@ -55,12 +55,35 @@ Example:
     },
     /// restore's background worker (restore_prefetch): started by `restore`, not by people
     #[command(hide = true)]
-    Prefetch(crate::commands::PrefetchJob),
+    Prefetch(PrefetchJob),
     /// Print the manual page (roff)
     #[command(after_help = "\
 Example:
   walguard man > /usr/local/share/man/man1/walguard.1")]
     Man,
+}
+
+/// What restore's background worker (`restore_prefetch`) needs: the `restore` that starts it
+/// passes it on the command line.
+#[derive(Debug, Args)]
+pub struct PrefetchJob {
+    /// The archive directory
+    pub archive: PathBuf,
+    /// Where PostgreSQL has `restore` write (%p): the area is beside it
+    pub dest_path: PathBuf,
+    /// The segment size
+    pub segment_bytes: u64,
+    /// How many segments after the newest asked for to keep staged
+    pub window: u32,
+    /// Check each segment's header (header_check)
+    #[arg(long)]
+    pub check_headers: bool,
+    /// The cluster's system identifier, for the header check
+    #[arg(long)]
+    pub sysid: Option<u64>,
+    /// restore_timeout, in seconds: temporary files older than this are a dead run's
+    #[arg(long)]
+    pub stale_after: u64,
 }
 
 /// How `status` prints.

@@ -21,7 +21,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use invocation::Invocation;
-pub use prefetch::Job as PrefetchJob;
 
 use anyhow::{Result, bail};
 

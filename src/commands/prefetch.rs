@@ -8,12 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use walguard_core::wal::{SegmentSize, WalFile};
 
+pub use crate::cli::PrefetchJob as Job;
 use crate::exit::Exit;
 use crate::observe::local::{self, Recovery};
 use crate::store::prefetch::{Staging, staged_name};
@@ -23,28 +24,6 @@ use crate::store::restore::{self, SegmentCheck};
 const IDLE: Duration = Duration::from_secs(60);
 /// How often it looks for a new request while its window is full.
 const POLL: Duration = Duration::from_millis(20);
-
-/// What the worker needs, passed on its command line by the `restore` that starts it.
-#[derive(Debug, clap::Args)]
-pub struct Job {
-    /// The archive directory
-    pub archive: PathBuf,
-    /// Where PostgreSQL has `restore` write (%p): the area is beside it
-    pub dest_path: PathBuf,
-    /// The segment size
-    pub segment_bytes: u64,
-    /// How many segments after the newest asked for to keep staged
-    pub window: u32,
-    /// Check each segment's header (header_check)
-    #[arg(long)]
-    pub check_headers: bool,
-    /// The cluster's system identifier, for the header check
-    #[arg(long)]
-    pub sysid: Option<u64>,
-    /// restore_timeout, in seconds: temporary files older than this are a dead run's
-    #[arg(long)]
-    pub stale_after: u64,
-}
 
 /// The staging area `restore` may serve from and feed: `None` when prefetching is off,
 /// for anything but a segment, or when no server in recovery runs in `pgdata` (walguard
