@@ -77,7 +77,10 @@ fn manual() -> std::io::Result<String> {
     man.render_description_section(&mut head)?;
     let mut out = String::from_utf8_lossy(&head).into_owned();
     out.push_str(".SH COMMANDS\n");
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+    {
         let args: Vec<String> = sub
             .get_positionals()
             .map(|a| a.get_id().to_string().to_uppercase())
