@@ -125,6 +125,111 @@ fn wait_gone(path: &Path) -> Result<()> {
     )
 }
 
+/// A recovering server killed with -9 while its worker has segments staged: the worker
+/// sees its server gone and removes the area, and the server started again recovers
+/// every row.
+#[test]
+fn a_recovering_server_killed_mid_recovery_leaves_no_staging_area() -> Result<()> {
+    let c = compressed(0)?;
+    c.client("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
+    let backup = c.base.join("backup");
+    c.client(
+        "pg_basebackup",
+        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
+    )?;
+    c.client("pgbench", &["-T", "2", "-c", "2", "-n", "postgres"])?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = c.query("SELECT clock_timestamp()")?.context("no time")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    // Segments after the target, for the worker to stage while recovery waits there.
+    for _ in 0..3 {
+        c.client("pgbench", &["-T", "1", "-c", "2", "-n", "postgres"])?;
+        c.switch_wal()?;
+    }
+    let want = c.query(CHECKSUM)?.context("no checksum")?;
+    c.archive_everything()?;
+
+    // Paused at the target, in recovery: the worker keeps the segments after it staged.
+    let pitr = c.recovering_server(
+        "pitr",
+        &backup,
+        &format!("recovery_target_time = '{target}'\nrecovery_target_action = 'pause'"),
+        false,
+    )?;
+    let area = pitr.data.join("pg_wal").join(STAGING);
+    c.start_node(&pitr)?;
+    wait_for(
+        "recovery to pause at the target",
+        Duration::from_secs(120),
+        || {
+            Ok((c
+                .query_on(&pitr, "SELECT pg_get_wal_replay_pause_state()")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("paused"))
+            .then_some(()))
+        },
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    wait_for("segments staged ahead", Duration::from_secs(30), || {
+        let staged = fs::read_dir(&area).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("00000001"))
+                .count()
+        });
+        Ok((staged > 0).then_some(()))
+    })?;
+    let postmaster: i32 = fs::read_to_string(pitr.data.join("postmaster.pid"))?
+        .lines()
+        .next()
+        .context("an empty postmaster.pid")?
+        .trim()
+        .parse()?;
+    // SAFETY: kill(2) on the recovering server's postmaster, a process this test started.
+    assert_eq!(unsafe { libc::kill(postmaster, libc::SIGKILL) }, 0);
+    wait_gone(&area)?;
+
+    // Started again without the target: it recovers to the end and promotes.
+    let conf = pitr.data.join("postgresql.auto.conf");
+    let text = fs::read_to_string(&conf)?;
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("recovery_target"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&conf, without)?;
+    // Its other processes notice their postmaster's death on their own time: until
+    // then, a start finds its shared memory still in use.
+    wait_for(
+        "the killed server to start again",
+        Duration::from_secs(60),
+        || Ok(c.start_node(&pitr).ok()),
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    wait_for(
+        "the restarted recovery to promote",
+        Duration::from_secs(120),
+        || {
+            Ok((c
+                .query_on(&pitr, "SELECT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("f"))
+            .then_some(()))
+        },
+    )
+    .with_context(|| c.server_log(&pitr))?;
+    assert_eq!(
+        c.query_on(&pitr, CHECKSUM)?.as_deref(),
+        Some(want.as_str()),
+        "the data differs after the crash"
+    );
+    wait_gone(&area)?;
+    Ok(())
+}
+
 /// A copy decompressed ahead and left in the staging area by a crash (or a power
 /// loss, which may leave a renamed file with lost blocks) must never be served: the
 /// area belongs to one start of one server, and a new start empties it. Planted here
