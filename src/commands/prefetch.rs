@@ -28,11 +28,14 @@ const POLL: Duration = Duration::from_millis(20);
 /// The staging area `restore` may serve from and feed: `None` when prefetching is off,
 /// for anything but a segment, or when no server in recovery runs in `pgdata` (walguard
 /// run by hand).
-pub fn area(window: u32, pgdata: &Path, wal: &WalFile, dest: &Path) -> Option<Staging> {
-    if window == 0
-        || !matches!(wal, WalFile::Segment(_))
-        || local::recovery(pgdata) == Recovery::None
-    {
+pub fn area(
+    window: u32,
+    recovery: Recovery,
+    pgdata: &Path,
+    wal: &WalFile,
+    dest: &Path,
+) -> Option<Staging> {
+    if window == 0 || !matches!(wal, WalFile::Segment(_)) || recovery == Recovery::None {
         return None;
     }
     let owner = local::postmaster_stamp(pgdata)?;
@@ -119,7 +122,7 @@ pub fn run(job: &Job, pgdata: &Path) -> Exit {
         // A server killed with -9 leaves its postmaster.pid: its pid tells.
         let current = local::postmaster_stamp(pgdata);
         if current.as_deref() != Some(owner.as_str())
-            || !postmaster_alive(&owner)
+            || !local::postmaster_alive(&owner)
             || local::recovery(pgdata) == Recovery::None
             || !staging.owned_by(&owner)
         {
@@ -159,15 +162,6 @@ pub fn run(job: &Job, pgdata: &Path) -> Exit {
     Exit::Ok
 }
 
-/// Whether the postmaster of `stamp` (its first line is the pid) still runs.
-fn postmaster_alive(stamp: &str) -> bool {
-    stamp
-        .lines()
-        .next()
-        .and_then(|pid| pid.trim().parse().ok())
-        .is_some_and(crate::sys::process_alive)
-}
-
 /// Stages `name` when the archive holds it: true when it did.
 fn stage(
     job: &Job,
@@ -179,13 +173,10 @@ fn stage(
     let Ok(Some(found)) = restore::find(&job.archive, name) else {
         return false;
     };
-    let check = match (name.parse::<WalFile>(), job.check_headers) {
-        (Ok(WalFile::Segment(segment)), true) => Some(SegmentCheck {
-            segment,
-            sysid: job.sysid,
-        }),
-        _ => None,
-    };
+    let check = name
+        .parse::<WalFile>()
+        .ok()
+        .and_then(|wal| SegmentCheck::of(&wal, job.check_headers, job.sysid));
     let dest = staging.dir.join(found.key());
     if restore::write(found, &dest, check.as_ref(), stale_after).is_err() {
         failed.insert(name.to_string());

@@ -38,14 +38,14 @@ pub fn run(run: &Invocation, settings: &Settings, wal: &WalFile, dest: &Path) ->
     let archive = settings.archive_dir.as_deref().ok_or_else(|| {
         anyhow!("no archive directory: set archive_dir in the config file, --archive-dir, or WALGUARD_ARCHIVE_DIR")
     })?;
-    let check = match wal {
-        WalFile::Segment(segment) if settings.header_check => Some(SegmentCheck {
-            segment: *segment,
-            sysid: run.sysid,
-        }),
-        _ => None,
-    };
-    let staging = prefetch::area(settings.restore_prefetch, &settings.pgdata, wal, dest);
+    let check = SegmentCheck::of(wal, settings.header_check, run.sysid);
+    let staging = prefetch::area(
+        settings.restore_prefetch,
+        recovery,
+        &settings.pgdata,
+        wal,
+        dest,
+    );
     match restore::restore(
         archive,
         &run.wal,

@@ -67,6 +67,16 @@ pub fn postmaster_stamp(pgdata: &Path) -> Option<String> {
     (lines.len() == 3).then(|| lines.join("\n"))
 }
 
+/// Whether the postmaster of a [`postmaster_stamp`] still runs: a server killed with -9
+/// leaves its postmaster.pid behind.
+pub fn postmaster_alive(stamp: &str) -> bool {
+    stamp
+        .lines()
+        .next()
+        .and_then(|pid| pid.trim().parse().ok())
+        .is_some_and(crate::sys::process_alive)
+}
+
 /// What kind of recovery the server in `pgdata` is in, from its signal files: what a
 /// failed `restore` must do depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
 
-use super::restore::{Found, SegmentCheck, check_staged};
+use super::atomic::Dir;
+use super::restore::{Found, SegmentCheck, check_staged, dir_of};
 
 pub const STAGING_DIR: &str = "walguard.prefetch";
 /// Which server instance the area belongs to (its postmaster.pid's pid and start).
@@ -31,9 +32,8 @@ pub struct Staging {
 impl Staging {
     /// The area beside `dest` (PostgreSQL's `pg_wal/RECOVERYXLOG`).
     pub fn beside(dest: &Path) -> Staging {
-        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
         Staging {
-            dir: parent.unwrap_or(Path::new(".")).join(STAGING_DIR),
+            dir: dir_of(dest).join(STAGING_DIR),
         }
     }
 
@@ -118,12 +118,12 @@ impl Staging {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    /// Writes a small file of the area whole (a temporary name, then a rename).
+    /// Writes a small file of the area whole (walguard's temporary file, then a rename).
     fn write_small(&self, name: &str, text: &str) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.{}", std::process::id()));
-        let mut file = File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        fs::rename(&tmp, self.dir.join(name))
+        let dir = Dir::open(&self.dir)?;
+        let mut tmp = dir.temp(name, true)?;
+        tmp.file().write_all(text.as_bytes())?;
+        tmp.rename(&dir, name)
     }
 }
 
@@ -137,39 +137,32 @@ mod tests {
     use super::*;
     use crate::store::restore::find;
 
-    struct Scratch(PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    fn scratch(tag: &str) -> Scratch {
-        let d =
-            std::env::temp_dir().join(format!("walguard-prefetch-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(d.join("archive")).unwrap();
-        fs::create_dir_all(d.join("pg_wal")).unwrap();
-        Scratch(d)
+    /// A scratch directory with `archive/` and `pg_wal/`, removed when dropped.
+    fn scratch() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("archive")).unwrap();
+        fs::create_dir(d.path().join("pg_wal")).unwrap();
+        d
     }
     const NAME: &str = "000000010000000000000003";
 
     #[test]
     fn a_staged_copy_is_served_only_for_the_same_archived_file_and_owner() {
-        let d = scratch("serve");
-        let archived = d.0.join("archive").join(NAME);
+        let d = scratch();
+        let archived = d.path().join("archive").join(NAME);
         fs::write(&archived, b"the segment").unwrap();
-        let dest = d.0.join("pg_wal/RECOVERYXLOG");
+        let dest = d.path().join("pg_wal/RECOVERYXLOG");
         let staging = Staging::beside(&dest);
-        assert_eq!(staging.dir, d.0.join("pg_wal").join(STAGING_DIR));
+        assert_eq!(staging.dir, d.path().join("pg_wal").join(STAGING_DIR));
         staging.adopt("start 1").unwrap();
-        let found = find(&d.0.join("archive"), NAME).unwrap().unwrap();
+        let found = find(&d.path().join("archive"), NAME).unwrap().unwrap();
         fs::write(staging.dir.join(found.key()), b"the segment").unwrap();
         assert_eq!(staging.entries(), [found.key()]);
         assert_eq!(staged_name(&found.key()), Some(NAME));
 
         // The archived file replaced since: another key, nothing served.
         fs::write(&archived, b"the segment, again").unwrap();
-        let changed = find(&d.0.join("archive"), NAME).unwrap().unwrap();
+        let changed = find(&d.path().join("archive"), NAME).unwrap().unwrap();
         assert_ne!(changed.key(), found.key());
         assert_eq!(staging.take(&changed, &dest, None), None);
         assert!(!dest.exists());
@@ -196,8 +189,8 @@ mod tests {
 
     #[test]
     fn one_worker_holds_the_lock() {
-        let d = scratch("lock");
-        let staging = Staging::beside(&d.0.join("pg_wal/RECOVERYXLOG"));
+        let d = scratch();
+        let staging = Staging::beside(&d.path().join("pg_wal/RECOVERYXLOG"));
         staging.adopt("start").unwrap();
         let held = staging.lock().unwrap();
         assert!(held.is_some());

@@ -36,6 +36,19 @@ pub struct SegmentCheck {
     pub sysid: Option<u64>,
 }
 
+impl SegmentCheck {
+    /// The check for `wal`: segments only, and only with `header_check` on.
+    pub fn of(wal: &WalFile, header_check: bool, sysid: Option<u64>) -> Option<SegmentCheck> {
+        match wal {
+            WalFile::Segment(segment) if header_check => Some(SegmentCheck {
+                segment: *segment,
+                sysid,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The names PostgreSQL asks restore_command to write (`RECOVERYXLOG`,
 /// `RECOVERYHISTORY`), a WAL file name (pg_rewind), or a copy staged ahead
 /// (`NAME.KEY`): the temporary files walguard may clean up in `pg_wal` and its staging
@@ -184,11 +197,7 @@ pub fn write(
         // A plain file: the header read in place, the whole file copied in the kernel
         // (copy_file_range), never through a buffer of ours.
         let size = match check {
-            Some(check) => {
-                let mut head = [0u8; LONG_HEADER_LEN];
-                let n = read_head(&file, &mut head).map_err(damaged)?;
-                Some(check_head(&head[..n], check, &path)?)
-            }
+            Some(check) => Some(check_head_in_place(&file, check, &path)?),
             None => None,
         };
         let mut file = file;
@@ -216,12 +225,16 @@ fn check_length(bytes: u64, size: Option<SegmentSize>, path: &Path) -> Result<()
     }
 }
 
-/// `dest`'s directory (`.` for a bare name) and file name.
+/// The directory `dest` is in (`.` for a bare name).
+pub(super) fn dir_of(dest: &Path) -> &Path {
+    dest.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `dest`'s directory and file name.
 fn split(dest: &Path) -> Result<(&Path, String), StoreError> {
-    let dir = match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) => dir,
-        None => Path::new("."),
-    };
+    let dir = dir_of(dest);
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -241,11 +254,23 @@ pub(super) fn check_staged(
 ) -> Result<u64, StoreError> {
     let bytes = file.metadata().map_err(io_err("cannot stat", path))?.len();
     if let Some(check) = check {
-        let mut head = [0u8; LONG_HEADER_LEN];
-        let n = read_head(file, &mut head).map_err(io_err("cannot read", path))?;
-        check_length(bytes, Some(check_head(&head[..n], check, path)?), path)?;
+        check_length(bytes, Some(check_head_in_place(file, check, path)?), path)?;
     }
     Ok(bytes)
+}
+
+/// `file`'s header, read in place (no buffer, the offset untouched) and checked.
+fn check_head_in_place(
+    file: &File,
+    check: &SegmentCheck,
+    path: &Path,
+) -> Result<SegmentSize, StoreError> {
+    let mut head = [0u8; LONG_HEADER_LEN];
+    let n = read_head(file, &mut head).map_err(|e| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    check_head(&head[..n], check, path)
 }
 
 /// The first bytes of `file` (at most `buf`'s length), read in place.
