@@ -11,9 +11,8 @@
 mod cluster;
 
 use std::fs;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cluster::{ARCHIVE_WAIT, Cluster, Options, output_text, wait_for};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
@@ -52,11 +51,7 @@ fn scenario(extra_config: &str, loss: Loss) -> Result<()> {
         },
     )?;
     c.archive_everything()?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.query("CREATE TABLE marks (n int)")?;
     c.archive_everything()?;
 
@@ -129,20 +124,7 @@ fn scenario(extra_config: &str, loss: Loss) -> Result<()> {
     };
     let recovered = c.recovering_server("recovered", &backup, "", false)?;
     c.start_node(&recovered)?;
-    wait_for(
-        "the recovered server to promote",
-        Duration::from_secs(120),
-        || {
-            Ok((c
-                .query_on(&recovered, "SELECT pg_is_in_recovery()")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some("f"))
-            .then_some(()))
-        },
-    )
-    .with_context(|| c.server_log(&recovered))?;
+    c.wait_promoted(&recovered, "the recovered server to promote")?;
     assert_eq!(
         c.query_on(&recovered, "SELECT max(n) FROM marks")?
             .as_deref(),

@@ -10,10 +10,9 @@ mod cluster;
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use cluster::{Cluster, Options, output_text, wait_for};
+use anyhow::Result;
+use cluster::{Cluster, Options, output_text};
 
 const WALGUARD: &str = env!("CARGO_BIN_EXE_walguard");
 
@@ -37,20 +36,7 @@ fn restores(c: &Cluster, name: &str, backup: &Path) -> Result<()> {
         false,
     )?;
     c.start_node(&node)?;
-    wait_for(
-        &format!("{name} to recover and promote"),
-        Duration::from_secs(120),
-        || {
-            Ok((c
-                .query_on(&node, "SELECT pg_is_in_recovery()")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some("f"))
-            .then_some(()))
-        },
-    )
-    .with_context(|| c.server_log(&node))?;
+    c.wait_promoted(&node, &format!("{name} to recover and promote"))?;
     let rows = c.query_on(&node, "SELECT count(*) FROM pgbench_branches")?;
     anyhow::ensure!(
         rows.as_deref() == Some("2"),
@@ -88,18 +74,10 @@ fn cleanup_keeps_what_backups_and_replicas_need() -> Result<()> {
         c.client("pgbench", &["-t", "200", "-c", "2", "-n", "postgres"])?;
         c.switch_wal()?;
     }
-    let second = c.base.join("backup2");
-    c.client(
-        "pg_basebackup",
-        &["-D", second.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let second = c.base_backup("backup2")?;
     c.client("pgbench", &["-t", "200", "-c", "2", "-n", "postgres"])?;
     // A replica rebuilt: one more base backup, with pg_basebackup's default label.
-    let rebuild = c.base.join("rebuild");
-    c.client(
-        "pg_basebackup",
-        &["-D", rebuild.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    c.base_backup("rebuild")?;
     c.archive_everything()?;
     c.wait_caught_up(&["r1", "r2"])?;
     let all = names(&c.archive)?;

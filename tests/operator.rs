@@ -443,11 +443,7 @@ fn prometheus_metrics_from_status_and_from_every_archive_pass_promtool() -> Resu
         output_text(&read)
     );
     // A backup label (no segment: nothing observed) keeps the gauges as they were.
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    c.base_backup("backup")?;
     // Archived now, or archived ahead while the segment before it was held (its release
     // then finds it there).
     let line = c.wait_log_line(".backup decision=")?;

@@ -42,11 +42,7 @@ const CHECKSUM: &str = "SELECT md5(
 fn point_in_time_recovery_from_a_compressed_archive() -> Result<()> {
     let c = compressed(1)?;
     c.client("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.client("pgbench", &["-T", "3", "-c", "2", "-n", "postgres"])?;
     // The moment to recover to: no transaction commits around it.
     let want = c.query(CHECKSUM)?.context("no checksum")?;
@@ -73,20 +69,10 @@ fn point_in_time_recovery_from_a_compressed_archive() -> Result<()> {
         false,
     )?;
     c.start_node(&pitr)?;
-    wait_for(
+    c.wait_promoted(
+        &pitr,
         "the recovered server to reach its target and promote",
-        Duration::from_secs(120),
-        || {
-            Ok((c
-                .query_on(&pitr, "SELECT pg_is_in_recovery()")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some("f"))
-            .then_some(()))
-        },
-    )
-    .with_context(|| c.server_log(&pitr))?;
+    )?;
     assert_eq!(
         c.query_on(&pitr, CHECKSUM)?.as_deref(),
         Some(want.as_str()),
@@ -132,11 +118,7 @@ fn wait_gone(path: &Path) -> Result<()> {
 fn a_recovering_server_killed_mid_recovery_leaves_no_staging_area() -> Result<()> {
     let c = compressed(0)?;
     c.client("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.client("pgbench", &["-T", "2", "-c", "2", "-n", "postgres"])?;
     std::thread::sleep(Duration::from_millis(1100));
     let target = c.query("SELECT clock_timestamp()")?.context("no time")?;
@@ -207,20 +189,7 @@ fn a_recovering_server_killed_mid_recovery_leaves_no_staging_area() -> Result<()
         || Ok(c.start_node(&pitr).ok()),
     )
     .with_context(|| c.server_log(&pitr))?;
-    wait_for(
-        "the restarted recovery to promote",
-        Duration::from_secs(120),
-        || {
-            Ok((c
-                .query_on(&pitr, "SELECT pg_is_in_recovery()")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some("f"))
-            .then_some(()))
-        },
-    )
-    .with_context(|| c.server_log(&pitr))?;
+    c.wait_promoted(&pitr, "the restarted recovery to promote")?;
     assert_eq!(
         c.query_on(&pitr, CHECKSUM)?.as_deref(),
         Some(want.as_str()),
@@ -241,11 +210,7 @@ fn a_staged_copy_left_by_a_crash_is_never_served() -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let c = compressed(0)?;
     c.client("pgbench", &["-i", "-s", "2", "-q", "postgres"])?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.client("pgbench", &["-T", "3", "-c", "2", "-n", "postgres"])?;
     let want = c.query(CHECKSUM)?.context("no checksum")?;
     c.archive_everything()?;
@@ -281,20 +246,7 @@ fn a_staged_copy_left_by_a_crash_is_never_served() -> Result<()> {
     fs::write(area.join("want"), name)?;
     c.chown(&pitr.data)?;
     c.start_node(&pitr)?;
-    wait_for(
-        "the recovered server to promote",
-        Duration::from_secs(120),
-        || {
-            Ok((c
-                .query_on(&pitr, "SELECT pg_is_in_recovery()")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some("f"))
-            .then_some(()))
-        },
-    )
-    .with_context(|| c.server_log(&pitr))?;
+    c.wait_promoted(&pitr, "the recovered server to promote")?;
     assert_eq!(
         c.query_on(&pitr, CHECKSUM)?.as_deref(),
         Some(want.as_str()),
@@ -317,11 +269,7 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
     let c = compressed(1)?;
     let r1 = c.replica("r1");
     c.archive_from(r1, "", "compress = \"zstd\"\n")?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.query("CREATE TABLE marks (what text); INSERT INTO marks VALUES ('before the failover')")?;
     c.archive_everything()?;
     c.wait_caught_up(&["r1"])?;
@@ -406,11 +354,7 @@ fn a_standby_restored_from_the_archive_follows_a_failover() -> Result<()> {
 #[test]
 fn a_recovery_stops_at_a_damaged_segment_instead_of_promoting_early() -> Result<()> {
     let c = compressed(0)?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.query("CREATE TABLE marks (n int)")?;
     let mut segments = Vec::new();
     for n in 0..4 {
@@ -455,20 +399,7 @@ fn a_recovery_stops_at_a_damaged_segment_instead_of_promoting_early() -> Result<
     // Repaired, the same server recovers everything and only then promotes.
     fs::write(&damaged, &good)?;
     c.start_node(&pitr)?;
-    wait_for(
-        "the repaired recovery to promote",
-        Duration::from_secs(120),
-        || {
-            Ok((c
-                .query_on(&pitr, "SELECT pg_is_in_recovery()")
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some("f"))
-            .then_some(()))
-        },
-    )
-    .with_context(|| c.server_log(&pitr))?;
+    c.wait_promoted(&pitr, "the repaired recovery to promote")?;
     assert_eq!(
         c.query_on(&pitr, "SELECT count(*) FROM marks")?.as_deref(),
         Some("4"),
@@ -484,26 +415,13 @@ fn a_recovery_stops_at_a_damaged_segment_instead_of_promoting_early() -> Result<
 #[test]
 fn a_restored_copy_never_archives_into_production() -> Result<()> {
     let c = compressed(0)?;
-    let backup = c.base.join("backup");
-    c.client(
-        "pg_basebackup",
-        &["-D", backup.to_str().unwrap(), "-X", "none", "-c", "fast"],
-    )?;
+    let backup = c.base_backup("backup")?;
     c.query("CREATE TABLE marks (n int); INSERT INTO marks VALUES (1)")?;
     c.archive_everything()?;
     // Recovered to the end of the archive, promoted, archive_mode on as it was.
     let copy = c.recovering_server("copy", &backup, "archive_mode = on", false)?;
     c.start_node(&copy)?;
-    wait_for("the copy to promote", Duration::from_secs(120), || {
-        Ok((c
-            .query_on(&copy, "SELECT pg_is_in_recovery()")
-            .ok()
-            .flatten()
-            .as_deref()
-            == Some("f"))
-        .then_some(()))
-    })
-    .with_context(|| c.server_log(&copy))?;
+    c.wait_promoted(&copy, "the copy to promote")?;
     let line = c.wait_log_line("wal=00000002.history decision=error")?;
     assert!(
         line.contains("is not the one running this archive_command")

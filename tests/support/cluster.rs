@@ -443,6 +443,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// A base backup of the primary into `base/NAME`, without WAL (`-X none`: recovery
+    /// restores it from the archive), after a fast checkpoint.
+    pub fn base_backup(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.base.join(name);
+        let path = dir
+            .to_str()
+            .context("a base backup path that is not UTF-8")?;
+        self.client("pg_basebackup", &["-D", path, "-X", "none", "-c", "fast"])?;
+        Ok(dir)
+    }
+
     /// Runs a PostgreSQL client program (pgbench, pg_basebackup) against the primary, as
     /// the server's user.
     pub fn client(&self, program: &str, args: &[&str]) -> Result<Output> {
@@ -544,6 +555,21 @@ impl Cluster {
 
     pub fn stop(&self, node: &Node) -> Result<()> {
         self.pg_ctl(node, "stop")
+    }
+
+    /// Waits (up to 2 minutes) until `node` has left recovery and answers as a primary;
+    /// the error carries its server log. `what` names the wait.
+    pub fn wait_promoted(&self, node: &Node, what: &str) -> Result<()> {
+        wait_for(what, Duration::from_secs(120), || {
+            Ok((self
+                .query_on(node, "SELECT pg_is_in_recovery()")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("f"))
+            .then_some(()))
+        })
+        .with_context(|| self.server_log(node))
     }
 
     /// Stops and starts `node` (settings that need a restart).
